@@ -1,0 +1,69 @@
+"""What every handler shares: the gateway object and OpenAI-style error rendering."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler
+
+from llmgateway.errors import GatewayError, error_body
+from llmgateway.gateway import Gateway
+
+log = logging.getLogger("llmgateway.handlers")
+
+REASONS = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+}
+
+
+class BaseHandler(RequestHandler):
+    """JSON in, JSON out; every error in the OpenAI error shape."""
+
+    gateway: Gateway
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+    def send_gateway_error(self, err: GatewayError) -> None:
+        """Answer with `err` unless a response has already started."""
+        if self._headers_written:
+            return
+        self.clear()
+        self.clear_header("Server")
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        self.write_json(err.body(), err.status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors Tornado raises itself (405, unexpected exceptions) in the OpenAI shape."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "The gateway failed to handle the request."
+        else:
+            message = self._reason
+        kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(message, kind)))
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path the gateway does not serve."""
+
+    def prepare(self) -> None:
+        self.send_gateway_error(GatewayError(404, f"Unknown path {self.request.path!r}.", "invalid_request_error",
+                                             "unknown_path"))

@@ -1,0 +1,22 @@
+"""Liveness and readiness for Kubernetes probes."""
+
+from __future__ import annotations
+
+from .base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    """GET /healthz: the process answers."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """GET /readyz: the store answers (so keys can be checked and usage written)."""
+
+    async def get(self) -> None:
+        if await self.gateway.ready():
+            self.write_json({"status": "ready"})
+        else:
+            self.write_json({"status": "store unavailable"}, 503)

@@ -1,0 +1,97 @@
+"""The OpenAI-compatible door: /v1/models and every POST /v1/... relayed to an upstream."""
+
+from __future__ import annotations
+
+from tornado.web import stream_request_body
+
+from llmgateway.errors import GatewayError
+from llmgateway.proxy import Call, Relay, prepare
+
+from .base import BaseHandler
+
+HARD_BODY_CAP = 64 * 1024 * 1024
+
+
+class ModelsHandler(BaseHandler):
+    """GET /v1/models and /v1/models/{id}: only what this key may use."""
+
+    async def get(self, model_id: str | None = None) -> None:
+        try:
+            key = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            if model_id is None:
+                data = [_model(r.model.id) for r in self.gateway.router.visible() if key.allows(r.model.id)]
+                self.write_json({"object": "list", "data": data})
+                return
+            if self.gateway.router.get(model_id) is None:
+                raise GatewayError(404, f"The model '{model_id}' does not exist.", "invalid_request_error",
+                                   "model_not_found", "model")
+            if not key.allows(model_id):
+                raise GatewayError(403, f"This API key may not use the model '{model_id}'.", "permission_error",
+                                   "model_not_allowed", "model")
+            self.write_json(_model(model_id))
+        except GatewayError as err:
+            self.send_gateway_error(err)
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "llmgateway"}
+
+
+@stream_request_body
+class ProxyHandler(BaseHandler):
+    """POST /v1/<path>: authenticate, then hand the call to the core relay.
+
+    The body is read in chunks so that an oversized one still gets a clean 413 (up to a hard cap,
+    past which the connection is closed) instead of a dropped connection.
+    """
+
+    call: Call | None = None
+
+    def prepare(self) -> None:
+        self.limit = self.gateway.config.server.max_body_bytes
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.streaming = False
+        self.gone = False
+        self.request.connection.set_max_body_size(max(self.limit * 4, HARD_BODY_CAP))
+
+    def data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.chunks = []
+        else:
+            self.chunks.append(chunk)
+
+    async def post(self, path: str) -> None:
+        try:
+            if self.size > self.limit:
+                raise GatewayError(413, f"The request body is larger than {self.limit} bytes.",
+                                   "invalid_request_error", "request_too_large")
+            key = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            self.call = prepare(self.gateway, key, "/v1/" + path, b"".join(self.chunks), self.request.headers)
+            self.chunks = []
+            self.streaming = self.call.stream
+            await Relay(self.gateway, self.call, self).run()
+        except GatewayError as err:
+            self.send_gateway_error(err)
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+        if self.call is not None:
+            self.call.cancel()
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.set_status(status)
+        for name, value in headers:
+            self.set_header(name, value)
+
+    def send(self, data: bytes) -> None:
+        if self.gone:
+            return
+        self.write(data)
+        if self.streaming:
+            self.flush()
+
+    def end(self) -> None:
+        if not self.gone:
+            self.finish()

@@ -1,0 +1,198 @@
+"""The `llmgateway` command: serve, manage keys, read usage.
+
+Key and usage commands work on the store directly, so they run beside a live gateway (SQLite is
+in WAL mode). A revoked key is refused by a running gateway within `keys.cache_ttl_seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from .config import Config, ConfigError, load_config
+from .keys import make_record
+from .log import setup_logging
+from .store import Store, StoreError, open_store
+from .store.base import GROUPS
+
+RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def parse_time(value: str, now: float | None = None) -> float:
+    """An ISO date/time (UTC if no zone) or a span back from now like 24h, 7d, 30m."""
+    now = time.time() if now is None else now
+    match = RELATIVE.match(value.strip())
+    if match:
+        return now - float(match.group(1)) * UNITS[match.group(2)]
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise CliError(f"cannot read time {value!r}: use an ISO date like 2026-11-01 or a span like 7d") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _open(config: Config) -> Store:
+    store = open_store(config.store_url)
+    store.init()
+    return store
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from .server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else []
+    known = {m.id for m in config.models}
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise CliError(f"unknown model {unknown[0]!r} (configured: {', '.join(sorted(known)) or 'none'})")
+    try:
+        key, record = make_record(args.user, args.name, models, args.expires_days)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    _open(config).insert_key(record)
+    print(key)
+    print(f"created {record.id} for {record.owner} ({record.prefix}...); the key is shown only once", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
+    keys = _open(config).list_keys(owner=args.user, active_only=args.active)
+    now = time.time()
+    if args.json:
+        rows = [
+            {k: v for k, v in vars(r).items() if k != "hash"} | {"status": _status(r.active, r.expires, now)}
+            for r in keys
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':<21} {'USER':<16} {'NAME':<16} {'PREFIX':<14} {'STATUS':<8} {'CREATED':<21} {'EXPIRES':<21} "
+          f"{'LAST USED':<21} MODELS")
+    for r in keys:
+        print(f"{r.id:<21} {r.owner:<16} {r.name:<16} {r.prefix:<14} {_status(r.active, r.expires, now):<8} "
+              f"{_iso(r.created):<21} {_iso(r.expires):<21} {_iso(r.last_used):<21} {','.join(r.models) or '*'}")
+    return 0
+
+
+def _status(active: bool, expires: float | None, now: float) -> str:
+    if not active:
+        return "revoked"
+    if expires is not None and now >= expires:
+        return "expired"
+    return "active"
+
+
+def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
+    record = _open(config).revoke_key(args.key_id)
+    if record is None:
+        raise CliError(f"no key with id {args.key_id!r} (see 'llmgateway keys list')")
+    print(f"revoked {record.id} ({record.owner}/{record.name})", file=sys.stderr)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace, config: Config) -> int:
+    since = parse_time(args.since) if args.since else 0.0
+    until = parse_time(args.until) if args.until else None
+    if until is not None and until <= since:
+        raise CliError("--until must be later than --since")
+    rows = _open(config).usage_summary(args.by, since, until, user=args.user, key_id=args.key, model=args.model)
+    totals = {
+        "requests": sum(r["requests"] for r in rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "cost": round(sum(r["cost"] for r in rows), 10),
+        "estimated": sum(r["estimated"] for r in rows),
+    }
+    if args.json:
+        print(json.dumps({"by": args.by, "since": since, "until": until, "rows": rows, "totals": totals}, indent=2))
+        return 0
+    print(f"{args.by.upper():<28} {'REQUESTS':>9} {'PROMPT':>12} {'COMPLETION':>12} {'COST':>12} {'ESTIMATED':>9}")
+    for r in rows + [dict(totals, group="TOTAL")]:
+        print(f"{str(r['group']):<28} {r['requests']:>9} {r['prompt_tokens']:>12} {r['completion_tokens']:>12} "
+              f"{r['cost']:>12.4f} {r['estimated']:>9}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmgateway", description="OpenAI-compatible LLM gateway")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (default: $LLMGW_CONFIG, else built-in defaults)")
+    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", parents=[common], help="create a key; prints only the key")
+    create.add_argument("--user", required=True, help="owner of the key")
+    create.add_argument("--name", required=True, help="a name to recognise the key by")
+    create.add_argument("--models", help="comma-separated model ids this key may use (default: all)")
+    create.add_argument("--expires-days", type=_positive_float, help="expire after this many days")
+    create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
+    listing.add_argument("--user", help="only this user's keys")
+    listing.add_argument("--active", action="store_true", help="only keys not revoked")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by id")
+    revoke.add_argument("key_id", help="the key id, as 'keys list' shows it")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    usage = sub.add_parser("usage", parents=[common], help="token usage and cost, grouped")
+    usage.add_argument("--by", choices=GROUPS, default="user", help="group by (default: user)")
+    usage.add_argument("--since", help="ISO date/time (UTC) or a span back from now: 30m, 24h, 7d")
+    usage.add_argument("--until", help="ISO date/time (UTC) or a span back from now")
+    usage.add_argument("--user", help="only this user")
+    usage.add_argument("--key", help="only this key id")
+    usage.add_argument("--model", help="only this model")
+    usage.add_argument("--json", action="store_true", help="print JSON")
+    usage.set_defaults(func=cmd_usage)
+    return parser
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        return args.func(args, config)
+    except (ConfigError, CliError) as exc:
+        print(f"llmgateway: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"llmgateway: store error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,339 @@
+"""Configuration: one TOML file plus environment overrides, validated once at start.
+
+A Kubernetes deployment sets the listen address, store URL, default upstream URL and secrets
+through the environment; everything else lives in the file. Any invalid value stops the start
+with one `ConfigError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+MODEL_KINDS = ("chat", "completion", "embedding")
+
+ENV_OVERRIDES = {
+    "LLMGW_LISTEN": ("server", "listen"),
+    "LLMGW_STORE_URL": ("store", "url"),
+    "LLMGW_SPOOL_DIR": ("usage", "spool_dir"),
+    "LLM_DEFAULT_URL": ("upstream", "default_url"),
+    "LLMGW_DEFAULT_URL": ("upstream", "default_url"),
+}
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 10 * 1024 * 1024
+    drain_seconds: float = 30.0
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    max_clients: int = 1000
+    connect_timeout: float = 5.0
+    request_timeout: float = 600.0
+    idle_timeout: float = 120.0
+    default_url: str = ""
+    default_api_key_env: str = ""
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    cache_ttl_seconds: float = 10.0
+    negative_ttl_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    flush_interval_seconds: float = 2.0
+    spool_dir: str = "./usage-spool"
+    max_buffer_events: int = 200_000
+    flush_batch: int = 5_000
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    upstreams: tuple[Upstream, ...]
+    upstream_model: str = ""
+    kind: str = "chat"
+    api_key_env: str = ""
+    api_key_file: str = ""
+    prompt_cost_per_1k: float = 0.0
+    completion_cost_per_1k: float = 0.0
+    active: bool = True
+    usage_probe: bool = True
+
+    @property
+    def target_model(self) -> str:
+        """The model name the upstream expects."""
+        return self.upstream_model or self.id
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    store_url: str = "sqlite:///llmgateway.db"
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    models: tuple[ModelConfig, ...] = ()
+    source: str = "<defaults>"
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides and validate."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("LLMGW_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"[{section}] must be a table")
+            raw[section][key] = env[var]
+    return parse_config(raw, source=path or "<defaults>")
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
+    """Turn a parsed TOML document into a validated `Config`."""
+    known = {"server", "upstream", "store", "keys", "usage", "models"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    server_raw = _table(raw, "server")
+    host, port = parse_listen(server_raw.get("listen", "127.0.0.1:8000"))
+    server = ServerConfig(
+        host=host,
+        port=port,
+        max_body_bytes=_int(server_raw, "server.max_body_bytes", 10 * 1024 * 1024, minimum=1024),
+        drain_seconds=_number(server_raw, "server.drain_seconds", 30.0),
+        access_log=_bool(server_raw, "server.access_log", True),
+    )
+    _reject_unknown(server_raw, "server", {"listen", "max_body_bytes", "drain_seconds", "access_log"})
+
+    up_raw = _table(raw, "upstream")
+    _reject_unknown(
+        up_raw,
+        "upstream",
+        {"max_clients", "connect_timeout", "request_timeout", "idle_timeout", "default_url", "default_api_key_env"},
+    )
+    default_url = str(up_raw.get("default_url", "")).rstrip("/")
+    if default_url:
+        _check_url(default_url, "upstream.default_url")
+    upstream = UpstreamConfig(
+        max_clients=_int(up_raw, "upstream.max_clients", 1000, minimum=1),
+        connect_timeout=_number(up_raw, "upstream.connect_timeout", 5.0),
+        request_timeout=_number(up_raw, "upstream.request_timeout", 600.0),
+        idle_timeout=_number(up_raw, "upstream.idle_timeout", 120.0),
+        default_url=default_url,
+        default_api_key_env=_str(up_raw, "upstream.default_api_key_env", ""),
+    )
+
+    store_raw = _table(raw, "store")
+    _reject_unknown(store_raw, "store", {"url"})
+    store_url = _str(store_raw, "store.url", "sqlite:///llmgateway.db")
+    if not store_url.startswith("sqlite:///") or len(store_url.partition("?")[0]) <= len("sqlite:///"):
+        raise ConfigError(f"store.url: {store_url!r} is not supported (use sqlite:///path/to/file.db)")
+
+    keys_raw = _table(raw, "keys")
+    _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds"})
+    keys = KeysConfig(
+        cache_ttl_seconds=_number(keys_raw, "keys.cache_ttl_seconds", 10.0),
+        negative_ttl_seconds=_number(keys_raw, "keys.negative_ttl_seconds", 5.0),
+    )
+
+    usage_raw = _table(raw, "usage")
+    _reject_unknown(usage_raw, "usage", {"flush_interval_seconds", "spool_dir", "max_buffer_events", "flush_batch"})
+    usage = UsageConfig(
+        flush_interval_seconds=_number(usage_raw, "usage.flush_interval_seconds", 2.0),
+        spool_dir=_str(usage_raw, "usage.spool_dir", "./usage-spool"),
+        max_buffer_events=_int(usage_raw, "usage.max_buffer_events", 200_000, minimum=1),
+        flush_batch=_int(usage_raw, "usage.flush_batch", 5_000, minimum=1),
+    )
+
+    models_raw = raw.get("models", [])
+    if not isinstance(models_raw, list):
+        raise ConfigError("models must be an array of tables ([[models]])")
+    models = tuple(_parse_model(m, i, upstream) for i, m in enumerate(models_raw))
+    seen: set[str] = set()
+    for m in models:
+        if m.id in seen:
+            raise ConfigError(f"models: id {m.id!r} appears twice")
+        seen.add(m.id)
+    return Config(server, upstream, store_url, keys, usage, models, source)
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:8000")."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"server.listen: {value!r} is not host:port")
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"server.listen: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535 or not host:
+        raise ConfigError(f"server.listen: {value!r} is not host:port")
+    return host, port
+
+
+def _parse_model(raw: Any, index: int, upstream: UpstreamConfig) -> ModelConfig:
+    where = f"models[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    _reject_unknown(
+        raw,
+        where,
+        {
+            "id", "upstreams", "upstream_model", "kind", "api_key_env", "api_key_file",
+            "prompt_cost_per_1k", "completion_cost_per_1k", "active", "usage_probe",
+        },
+    )
+    model_id = raw.get("id")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ConfigError(f"{where}.id must be a non-empty string")
+    where = f"models[{index}] ({model_id})"
+    ups_raw = raw.get("upstreams")
+    if ups_raw is None:
+        if not upstream.default_url:
+            raise ConfigError(f"{where}.upstreams is missing and upstream.default_url (LLM_DEFAULT_URL) is not set")
+        ups_raw = [f"{upstream.default_url}/{model_id}"]
+    if not isinstance(ups_raw, list) or not ups_raw:
+        raise ConfigError(f"{where}.upstreams must be a non-empty list of URLs")
+    ups = []
+    for j, u in enumerate(ups_raw):
+        name = f"{where}.upstreams[{j}]"
+        if isinstance(u, str):
+            url, weight = u, 1.0
+        elif isinstance(u, dict) and isinstance(u.get("url"), str):
+            url, weight = u["url"], u.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise ConfigError(f"{name}.weight must be a positive number")
+        else:
+            raise ConfigError(f"{name} must be a URL string or {{url = ..., weight = ...}}")
+        url = url.rstrip("/")
+        _check_url(url, name)
+        ups.append(Upstream(url, float(weight)))
+    kind = raw.get("kind", "chat")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(MODEL_KINDS)}")
+    api_key_env = _str(raw, f"{where}.api_key_env", "") or upstream.default_api_key_env
+    api_key_file = _str(raw, f"{where}.api_key_file", "")
+    return ModelConfig(
+        id=model_id,
+        upstreams=tuple(ups),
+        upstream_model=_str(raw, f"{where}.upstream_model", ""),
+        kind=kind,
+        api_key_env=api_key_env,
+        api_key_file=api_key_file,
+        prompt_cost_per_1k=_number(raw, f"{where}.prompt_cost_per_1k", 0.0),
+        completion_cost_per_1k=_number(raw, f"{where}.completion_cost_per_1k", 0.0),
+        active=_bool(raw, f"{where}.active", True),
+        usage_probe=_bool(raw, f"{where}.usage_probe", True),
+    )
+
+
+def resolve_secret(model: ModelConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The upstream secret for a model, from its environment variable or file ('' if none)."""
+    env = os.environ if environ is None else environ
+    if model.api_key_file:
+        try:
+            return Path(model.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"models ({model.id}).api_key_file: cannot read: {exc.strerror}") from None
+    if model.api_key_env:
+        value = env.get(model.api_key_env)
+        if value is None:
+            raise ConfigError(f"models ({model.id}).api_key_env: environment variable {model.api_key_env} is not set")
+        return value.strip()
+    return ""
+
+
+def _check_url(url: str, name: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: {url!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}: {url!r} must not carry a query or fragment")
+
+
+def _table(raw: Mapping[str, Any], name: str) -> dict:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key} is not a known setting (known: {', '.join(sorted(allowed))})")
+
+
+def _leaf(name: str) -> str:
+    """The key of a dotted setting name ("models[0] (a.b).kind" -> "kind")."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _number(table: Mapping[str, Any], name: str, default: float) -> float:
+    value = table.get(_leaf(name), default)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{name}: {value!r} must be a number >= 0")
+    return float(value)
+
+
+def _int(table: Mapping[str, Any], name: str, default: int, minimum: int = 0) -> int:
+    value = table.get(_leaf(name), default)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: {value!r} must be a whole number >= {minimum}")
+    return value
+
+
+def _str(table: Mapping[str, Any], name: str, default: str) -> str:
+    value = table.get(_leaf(name), default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: {value!r} must be a string")
+    return value
+
+
+def _bool(table: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = table.get(_leaf(name), default)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} must be true or false")
+    return value

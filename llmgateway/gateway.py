@@ -1,0 +1,146 @@
+"""The gateway core: everything the request path and the background jobs share.
+
+No Tornado web code here: handlers ask this object to authenticate, prepare and relay a call,
+and it answers with records, bytes and `GatewayError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .config import Config, resolve_secret
+from .errors import GatewayError, unauthorized
+from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
+from .ledger import UsageLedger
+from .records import KeyRecord, UsageEvent
+from .routing import Router
+from .store import Store, StoreError
+from .tokencount import TokenCounter
+from .upstream import UpstreamClient
+
+log = logging.getLogger("llmgateway")
+T = TypeVar("T")
+
+
+class Gateway:
+    """Owns the store, key cache, router, ledger and upstream client of one process."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
+        self.keys = KeyCache(config.keys.cache_ttl_seconds, config.keys.negative_ttl_seconds)
+        self.router = Router([(m, resolve_secret(m)) for m in config.models])
+        self.ledger = UsageLedger(
+            store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
+        )
+        self.upstream = UpstreamClient(config.upstream)
+        self.counter = TokenCounter(self.upstream.post_json)
+        self.last_used: dict[str, float] = {}
+        self.in_flight = 0
+        self.open_calls: set[Any] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._background: set[asyncio.Task] = set()
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call in the store pool, off the IOLoop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def authenticate(self, authorization: str | None) -> KeyRecord:
+        """The key record behind an Authorization header, or a 401 GatewayError."""
+        key = bearer_key(authorization)
+        if key is None:
+            raise unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", "missing_api_key"
+            )
+        if not KEY_PATTERN.match(key):
+            raise unauthorized("Incorrect API key provided.")
+        key_hash = hash_key(key)
+        now = time.time()
+        found, record = self.keys.get(key_hash, now)
+        if not found:
+            try:
+                record = await self.in_thread(self.store.key_by_hash, key_hash)
+            except StoreError:
+                log.exception("key lookup failed")
+                raise GatewayError(503, "The key store is unavailable; try again shortly.", "server_error",
+                                   "store_unavailable") from None
+            self.keys.put(key_hash, record, now)
+        if record is None:
+            raise unauthorized("Incorrect API key provided.")
+        if not record.active:
+            raise unauthorized("This API key has been revoked.", "revoked_api_key")
+        if record.expires is not None and now >= record.expires:
+            raise unauthorized("This API key has expired.", "expired_api_key")
+        self.last_used[record.id] = now
+        return record
+
+    def begin(self, call: Any = None) -> None:
+        """A call (or its settlement) starts; shutdown waits for it."""
+        self.in_flight += 1
+        self._idle.clear()
+        if call is not None:
+            self.open_calls.add(call)
+
+    def end(self, call: Any = None) -> None:
+        self.in_flight -= 1
+        self.open_calls.discard(call)
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def cancel_all(self) -> None:
+        """Cut every open call (after the drain period); each still settles what it produced."""
+        for call in list(self.open_calls):
+            call.cancel()
+
+    def record(self, event: UsageEvent) -> None:
+        self.ledger.append(event)
+
+    def in_background(self, coro: Any) -> None:
+        """Run settlement work (token counting) after the response; shutdown waits for it."""
+        self.begin()
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._background.discard(t)
+            self.end()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("settlement failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def flush(self) -> int:
+        """Scheduler job: write usage and key last-use times to the store."""
+        touched, self.last_used = self.last_used, {}
+        if touched:
+            try:
+                await self.in_thread(self.store.touch_keys, touched)
+            except StoreError as exc:
+                log.warning("could not record key last-use times: %s", exc)
+        return await self.in_thread(self.ledger.flush)
+
+    async def ready(self) -> bool:
+        try:
+            await self.in_thread(self.store.ping)
+        except StoreError:
+            return False
+        return True
+
+    async def drain(self, grace: float) -> None:
+        """Wait for open calls and settlements, up to `grace` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.warning("%d calls still open after %.0f s of draining", self.in_flight, grace)
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.executor.shutdown(wait=True)
+        self.store.close()

@@ -1,0 +1,359 @@
+"""The request path after authentication: validate, authorize, route, relay, settle.
+
+The body is parsed once; the gateway re-serialises it only when it must change it (the upstream
+model name, or asking a stream for its usage chunk). Streams are relayed chunk by chunk through a
+`Sink` (the handler) while `StreamMeter` reads usage from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tornado.httpclient import HTTPResponse
+
+from .errors import GatewayError, bad_request, sse_error_event, upstream_failure
+from .gateway import Gateway
+from .metering import StreamMeter, choice_text, find_usage
+from .records import KeyRecord, UsageEvent
+from .routing import Route, UpstreamState, mark_down
+from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
+
+log = logging.getLogger("llmgateway.proxy")
+
+CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+USAGE_STREAMS = (CHAT, COMPLETIONS)
+REQUIRED = {CHAT: ("messages", list), COMPLETIONS: ("prompt", (str, list)), EMBEDDINGS: ("input", (str, list))}
+INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+CLIENT_CLOSED = 499
+
+DROP_REQUEST_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Authorization", "Cookie", "Proxy-Authorization", "Host", "Content-Length", "Connection",
+        "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+        "Accept-Encoding", "Expect", "X-Api-Key", "Api-Key",
+    )
+)
+DROP_RESPONSE_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding", "Trailer", "Upgrade",
+        "Proxy-Authenticate", "WWW-Authenticate", "Set-Cookie", "Server", "Date", "Content-Encoding",
+    )
+)
+
+
+class Sink(Protocol):
+    """Where a relayed response goes (the handler)."""
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+
+    def send(self, data: bytes) -> None:
+        """Write and flush; a no-op once the client is gone."""
+
+    def end(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Call:
+    """One proxied request from admission to settlement."""
+
+    key: KeyRecord
+    route: Route
+    endpoint: str
+    body: dict
+    payload: bytes
+    stream: bool
+    strip_usage: bool
+    headers: dict[str, str]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    upstream: UpstreamState | None = None
+
+    def cancel(self) -> None:
+        """The client went away: stop the upstream transfer at its next progress check."""
+        self.cancelled = True
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request body as a JSON object, or a 400."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def validate(endpoint: str, body: dict) -> tuple[str, bool]:
+    """(model, stream) after checking the fields the gateway relies on."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter (a non-empty string).", "model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise bad_request("'stream_options' must be an object.", "stream_options")
+        if not isinstance(options.get("include_usage", False), bool):
+            raise bad_request("'stream_options.include_usage' must be a boolean.", "stream_options.include_usage")
+    for name in INT_FIELDS:
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise bad_request(f"'{name}' must be a non-negative integer.", name)
+    required = REQUIRED.get(endpoint)
+    if required is not None:
+        name, kind = required
+        if not isinstance(body.get(name), kind) or not body[name]:
+            raise bad_request(f"'{name}' is required and must not be empty.", name)
+    return model, stream
+
+
+def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_headers: Any) -> Call:
+    """Parse, validate, authorize and route one request."""
+    body = parse_body(raw)
+    model, stream = validate(endpoint, body)
+    route = gw.router.get(model)
+    if route is None:
+        raise GatewayError(404, f"The model '{model}' does not exist.", "invalid_request_error",
+                           "model_not_found", "model")
+    if not key.allows(model):
+        raise GatewayError(403, f"This API key may not use the model '{model}'.", "permission_error",
+                           "model_not_allowed", "model")
+    changed = False
+    if route.model.target_model != model:
+        body["model"] = route.model.target_model
+        changed = True
+    strip_usage = False
+    if stream and endpoint in USAGE_STREAMS:
+        options = body.get("stream_options") or {}
+        if options.get("include_usage") is not True:
+            body["stream_options"] = {**options, "include_usage": True}
+            strip_usage = changed = True
+    payload = json.dumps(body).encode() if changed else raw
+    headers = {k: v for k, v in client_headers.get_all() if k.lower() not in DROP_REQUEST_HEADERS}
+    headers["Content-Type"] = "application/json"
+    if route.secret:
+        headers["Authorization"] = f"Bearer {route.secret}"
+    call = Call(key, route, endpoint, body, payload, stream, strip_usage, headers)
+    headers["X-Request-Id"] = call.request_id
+    return call
+
+
+def response_headers(upstream_headers: Any, request_id: str) -> list[tuple[str, str]]:
+    """Upstream response headers fit to relay: no hop-by-hop, cookies or auth challenges."""
+    out = [(k, v) for k, v in upstream_headers.get_all() if k.lower() not in DROP_RESPONSE_HEADERS]
+    out.append(("X-Request-Id", request_id))
+    return out
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+        if isinstance(obj.get("detail"), str):
+            return obj["detail"]
+    return ""
+
+
+def upstream_status_error(status: int, body: bytes) -> GatewayError:
+    """Map an upstream error status: client errors pass through, server errors become 502/503/504."""
+    message = _error_message(body)
+    if 400 <= status < 500 and status not in (401, 403, 407):
+        err = GatewayError(status, message or f"The upstream refused the request ({status}).",
+                           "invalid_request_error" if status != 429 else "rate_limit_error", "upstream_" + str(status))
+        return err
+    if status in (503, 504):
+        text = f"The upstream is unavailable ({status}). {message}".strip()
+        return upstream_failure(status, text, f"upstream_{status}")
+    return upstream_failure(502, f"The upstream failed ({status}). {message}".strip(), "upstream_error")
+
+
+def transport_error(response: HTTPResponse) -> GatewayError:
+    errno = curl_errno(response)
+    if errno in TIMEOUT_ERRORS:
+        return upstream_failure(504, "The upstream did not answer in time.", "upstream_timeout")
+    if errno in CONNECT_ERRORS:
+        return upstream_failure(502, "No upstream of this model could be reached.", "upstream_unreachable")
+    return upstream_failure(502, "The connection to the upstream failed.", "upstream_connection_error")
+
+
+class Relay:
+    """Carries one call to an upstream and back, and settles its usage."""
+
+    def __init__(self, gw: Gateway, call: Call, sink: Sink) -> None:
+        self.gw = gw
+        self.call = call
+        self.sink = sink
+        self.status = 0
+        self.headers_in: list[tuple[str, str]] = []
+        self.started_client = False
+        self.error_body: list[bytes] = []
+        self.meter = StreamMeter(call.strip_usage) if call.stream else None
+
+    async def run(self) -> None:
+        """Relay, failing over to the next upstream on a connect error before the first byte."""
+        self.gw.begin(self.call)
+        try:
+            response = None
+            for upstream in self.call.route.candidates():
+                self.call.upstream = upstream
+                upstream.outstanding += 1
+                try:
+                    response = await self._fetch(upstream)
+                finally:
+                    upstream.outstanding -= 1
+                if not (response.code == 599 and never_connected(response)) or self.started_client:
+                    break
+                mark_down(upstream)
+                log.warning("upstream %s unreachable for model %s; trying the next", upstream.url,
+                            self.call.route.model.id)
+            assert response is not None
+            if self.call.stream:
+                self._finish_stream(response)
+            else:
+                self._finish_plain(response)
+        finally:
+            self.gw.end(self.call)
+
+    async def _fetch(self, upstream: UpstreamState) -> HTTPResponse:
+        url = upstream.url + self.call.endpoint
+        self.status = 0
+        self.headers_in = []
+        if not self.call.stream:
+            return await self.gw.upstream.fetch(url, self.call.payload, self.call.headers, self._cancelled)
+        return await self.gw.upstream.fetch(
+            url, self.call.payload, self.call.headers, self._cancelled,
+            streaming_callback=self._on_chunk, header_callback=self._on_header,
+        )
+
+    def _cancelled(self) -> bool:
+        return self.call.cancelled
+
+    def _on_header(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            parts = line.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
+            self.headers_in = []
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            self.headers_in.append((name.strip(), value.strip()))
+
+    def _on_chunk(self, data: bytes) -> None:
+        if not 200 <= self.status < 300:
+            if sum(map(len, self.error_body)) < 65536:
+                self.error_body.append(data)
+            return
+        if not self.started_client:
+            self.started_client = True
+            headers = [(k, v) for k, v in self.headers_in if k.lower() not in DROP_RESPONSE_HEADERS]
+            headers.append(("X-Request-Id", self.call.request_id))
+            self.sink.start(self.status, headers)
+        assert self.meter is not None
+        out = self.meter.feed(data)
+        if out:
+            self.sink.send(out)
+
+    def _finish_stream(self, response: HTTPResponse) -> None:
+        meter = self.meter
+        assert meter is not None
+        if response.code == 599 and not self.started_client:
+            if self.call.cancelled:
+                self._settle(CLIENT_CLOSED, "")
+                return
+            err = transport_error(response)
+            self._settle(err.status, "")
+            raise err
+        if not self.started_client:
+            err = upstream_status_error(response.code, b"".join(self.error_body))
+            self._settle(err.status, "")
+            raise err
+        tail = meter.finish()
+        if tail:
+            self.sink.send(tail)
+        status = response.code
+        if response.code == 599:
+            status = CLIENT_CLOSED if self.call.cancelled else transport_error(response).status
+            if not self.call.cancelled:
+                err = transport_error(response)
+                self.sink.send(sse_error_event(f"The upstream stream broke off: {err.message}", code=err.code))
+        self.sink.end()
+        self._settle(status, "", meter.usage, meter)
+
+    def _finish_plain(self, response: HTTPResponse) -> None:
+        if response.code == 599:
+            if self.call.cancelled:
+                self._settle(CLIENT_CLOSED, "")
+                return
+            err = transport_error(response)
+            self._settle(err.status, "")
+            raise err
+        body = response.body or b""
+        if not 200 <= response.code < 300:
+            err = upstream_status_error(response.code, body)
+            self._settle(err.status, "")
+            raise err
+        content_type = response.headers.get("Content-Type", "")
+        obj: Any = None
+        if "json" in content_type or self.call.endpoint in REQUIRED:
+            try:
+                obj = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                err = upstream_failure(502, "The upstream answered with invalid JSON.", "upstream_invalid_response")
+                self._settle(err.status, "")
+                raise err from None
+        self.sink.start(response.code, response_headers(response.headers, self.call.request_id))
+        self.sink.send(body)
+        self.sink.end()
+        self._settle(response.code, choice_text(obj), find_usage(obj))
+
+    def _settle(
+        self, status: int, text: str, usage: tuple[int, int] | None = None, meter: StreamMeter | None = None
+    ) -> None:
+        """Record the call's usage: exact from upstream, else counted after the response."""
+        latency_ms = (time.perf_counter() - self.call.started) * 1000
+        if usage is not None or status >= 400 and meter is None:
+            prompt, completion = usage or (0, 0)
+            self.gw.record(self._event(status, latency_ms, prompt, completion, False))
+            return
+        self.gw.in_background(self._count_and_record(status, latency_ms, text, meter))
+
+    async def _count_and_record(self, status: int, latency_ms: float, text: str, meter: StreamMeter | None) -> None:
+        if meter is not None:
+            text = meter.completion_text()
+        call = self.call
+        upstream_url = call.upstream.url if call.upstream else call.route.pool[0].url
+        prompt, completion, estimated = await self.gw.counter.count(
+            upstream_url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
+            call.route.model.usage_probe,
+        )
+        self.gw.record(self._event(status, latency_ms, prompt, completion, estimated))
+
+    def _event(self, status: int, latency_ms: float, prompt: int, completion: int, estimated: bool) -> UsageEvent:
+        model = self.call.route.model
+        cost = prompt / 1000 * model.prompt_cost_per_1k + completion / 1000 * model.completion_cost_per_1k
+        return UsageEvent(
+            ts=self.call.ts, request_id=self.call.request_id, key_id=self.call.key.id, user=self.call.key.owner,
+            model=model.id, prompt_tokens=prompt, completion_tokens=completion, cost=round(cost, 10),
+            status=status, latency_ms=round(latency_ms, 3), streamed=self.call.stream, estimated=estimated,
+            endpoint=self.call.endpoint,
+        )

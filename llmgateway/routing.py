@@ -1,0 +1,65 @@
+"""Model -> upstream pool -> one upstream, by least outstanding requests.
+
+A pool with several upstreams spreads load by picking the one with the fewest requests in flight
+(relative to its weight), and fails over to the next on a connect error before the first byte.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .config import ModelConfig
+
+RETRY_AFTER_FAILURE = 5.0
+
+
+@dataclass
+class UpstreamState:
+    """One upstream base URL and what the gateway knows about it right now."""
+
+    url: str
+    weight: float
+    outstanding: int = 0
+    down_until: float = 0.0
+
+    def load(self) -> float:
+        return self.outstanding / self.weight
+
+
+@dataclass
+class Route:
+    """A model the gateway serves: its config, upstream secret and pool."""
+
+    model: ModelConfig
+    secret: str
+    pool: list[UpstreamState] = field(default_factory=list)
+
+    def candidates(self, now: float | None = None) -> list[UpstreamState]:
+        """Upstreams in the order to try them: healthy by load first, recently failed last."""
+        now = time.monotonic() if now is None else now
+        return sorted(self.pool, key=lambda u: (u.down_until > now, u.load()))
+
+
+class Router:
+    """The model catalog the hot path reads: id -> Route."""
+
+    def __init__(self, models: list[tuple[ModelConfig, str]]) -> None:
+        self.routes: dict[str, Route] = {}
+        for model, secret in models:
+            pool = [UpstreamState(u.url, u.weight) for u in model.upstreams]
+            self.routes[model.id] = Route(model, secret, pool)
+
+    def get(self, model_id: str) -> Route | None:
+        route = self.routes.get(model_id)
+        if route is None or not route.model.active:
+            return None
+        return route
+
+    def visible(self) -> list[Route]:
+        return [r for r in self.routes.values() if r.model.active]
+
+
+def mark_down(upstream: UpstreamState) -> None:
+    """Try this upstream last for a few seconds after it refused a connection."""
+    upstream.down_until = time.monotonic() + RETRY_AFTER_FAILURE

@@ -1,0 +1,28 @@
+"""Background jobs on APScheduler, in the gateway's own process and event loop.
+
+Each job runs at most one instance at a time (`max_instances=1`), missed runs are merged
+(`coalesce`), and an exception is logged by APScheduler and the job simply runs again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .gateway import Gateway
+
+
+def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(event_loop=loop)
+    scheduler.add_job(
+        gateway.flush,
+        "interval",
+        seconds=gateway.config.usage.flush_interval_seconds,
+        id="usage-flush",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(),
+    )
+    return scheduler

@@ -1,0 +1,60 @@
+"""App assembly: open the store, build the gateway, serve HTTP, run the jobs, shut down cleanly.
+
+This is the one core module that reaches into the HTTP layer (to mount `handlers`).
+SIGTERM stops accepting, lets open streams finish for `server.drain_seconds`, cuts the rest
+(which still records what they produced), then flushes the usage ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from tornado.httpserver import HTTPServer
+
+from handlers import make_app
+from handlers.openai import HARD_BODY_CAP
+
+from .config import Config
+from .gateway import Gateway
+from .log import log_request, quiet_access_log
+from .scheduler import make_scheduler
+from .store import open_store
+
+log = logging.getLogger("llmgateway")
+
+CUT_GRACE = 5.0
+
+
+async def serve(config: Config) -> None:
+    store = open_store(config.store_url)
+    store.init()
+    gateway = Gateway(config, store)
+    if not config.server.access_log:
+        quiet_access_log()
+    app = make_app(gateway, log_function=log_request)
+    server = HTTPServer(app, max_body_size=HARD_BODY_CAP, idle_connection_timeout=75)
+    server.listen(config.server.port, config.server.host)
+    loop = asyncio.get_running_loop()
+    scheduler = make_scheduler(gateway, loop)
+    scheduler.start()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info(
+        "LLM Gateway listening on %s:%d (store %s, %d models)",
+        config.server.host, config.server.port, config.store_url.split(":", 1)[0], len(config.models),
+    )
+    await stopping.wait()
+    log.info("shutting down: draining %d open calls for up to %.0f s", gateway.in_flight, config.server.drain_seconds)
+    server.stop()
+    await gateway.drain(config.server.drain_seconds)
+    if gateway.in_flight:
+        gateway.cancel_all()
+        await gateway.drain(CUT_GRACE)
+    scheduler.shutdown(wait=False)
+    written = await gateway.flush()
+    log.info("final usage flush: %d events written, %d left spooled", written, len(gateway.ledger.spooled_files()))
+    await server.close_all_connections()
+    gateway.close()

@@ -1,0 +1,25 @@
+"""Store backends behind one small interface, chosen by URL."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from .base import Store, StoreError, UsageRow
+
+
+def open_store(url: str) -> Store:
+    """Open the backend that `url` names: sqlite:///path[?timeout=SECONDS]."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+
+        path, _, query = url[len("sqlite:///"):].partition("?")
+        params = parse_qs(query)
+        try:
+            timeout = float(params.get("timeout", ["10"])[0])
+        except ValueError:
+            raise StoreError(f"store URL: timeout {params['timeout'][0]!r} is not a number") from None
+        return SQLiteStore(path, timeout)
+    raise StoreError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")
+
+
+__all__ = ["Store", "StoreError", "UsageRow", "open_store"]

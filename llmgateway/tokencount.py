@@ -1,0 +1,152 @@
+"""Counting tokens when the upstream did not report usage, off the hot path.
+
+Order of truth (DESIGN.md): the upstream's own usage; else its tokenizer — vLLM's `/tokenize`
+(which applies the chat template to `messages`, so chat prompts count exactly) or
+llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
+apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
+prompt count exactly; else an estimate of four characters per token, stored as `estimated`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
+
+VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
+RELEARN_AFTER = 600.0
+MAX_TEXTS = 64
+
+
+def estimate(text: str) -> int:
+    """A rough count (about four characters per token) for when no tokenizer answers."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def message_text(messages: Any) -> str:
+    """The text of chat messages, content parts included."""
+    parts: list[str] = []
+    if isinstance(messages, list):
+        for msg in messages:
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(parts)
+
+
+def prompt_texts(endpoint: str, body: dict) -> list[str]:
+    """The prompt as a list of texts, for endpoints whose prompt is plain text."""
+    value = body.get("prompt") if endpoint == "/v1/completions" else body.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return []
+
+
+class TokenCounter:
+    """Learns which tokenize endpoint each upstream has and uses it to count."""
+
+    def __init__(self, post_json: PostJson) -> None:
+        self.post_json = post_json
+        self._styles: dict[str, tuple[str, float]] = {}
+
+    async def count(
+        self,
+        base_url: str,
+        secret: str,
+        model: str,
+        endpoint: str,
+        body: dict,
+        completion_text: str,
+        probe: bool,
+    ) -> tuple[int, int, bool]:
+        """(prompt_tokens, completion_tokens, estimated)."""
+        estimated = False
+        if endpoint == "/v1/chat/completions":
+            prompt = await self._chat_prompt(base_url, secret, model, body, probe)
+            if prompt is None:
+                prompt, estimated = estimate(message_text(body.get("messages"))), True
+        elif endpoint in ("/v1/completions", "/v1/embeddings"):
+            texts = prompt_texts(endpoint, body)
+            prompt = await self._count_texts(base_url, secret, model, texts, special=True)
+            if prompt is None:
+                prompt, estimated = sum(estimate(t) for t in texts), True
+        else:
+            prompt, estimated = estimate(json.dumps(body.get("input", body.get("messages", "")))), True
+        completion = 0
+        if completion_text:
+            counted = await self._count_texts(base_url, secret, model, [completion_text], special=False)
+            if counted is None:
+                counted, estimated = estimate(completion_text), True
+            completion = counted
+        return prompt, completion, estimated
+
+    async def _style(self, base_url: str, secret: str, model: str) -> str:
+        known = self._styles.get(base_url)
+        if known and (known[0] != NONE or time.monotonic() - known[1] < RELEARN_AFTER):
+            return known[0]
+        style = NONE
+        status, obj = await self.post_json(f"{base_url}/tokenize", {"model": model, "prompt": "a"}, secret)
+        if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+            style = VLLM
+        else:
+            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": "a"}, secret)
+            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+                style = LLAMACPP
+        self._styles[base_url] = (style, time.monotonic())
+        return style
+
+    async def _count_one(self, base_url: str, secret: str, model: str, text: str, special: bool) -> int | None:
+        style = await self._style(base_url, secret, model)
+        if style == VLLM:
+            req = {"model": model, "prompt": text, "add_special_tokens": special}
+            status, obj = await self.post_json(f"{base_url}/tokenize", req, secret)
+        elif style == LLAMACPP:
+            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": text}, secret)
+        else:
+            return None
+        if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+            return obj["count"]
+        return None
+
+    async def _count_texts(
+        self, base_url: str, secret: str, model: str, texts: list[str], special: bool
+    ) -> int | None:
+        if not texts or len(texts) > MAX_TEXTS:
+            return None if texts else 0
+        total = 0
+        for text in texts:
+            counted = await self._count_one(base_url, secret, model, text, special)
+            if counted is None:
+                return None
+            total += counted
+        return total
+
+    async def _chat_prompt(self, base_url: str, secret: str, model: str, body: dict, probe: bool) -> int | None:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return None
+        if await self._style(base_url, secret, model) == VLLM:
+            status, obj = await self.post_json(f"{base_url}/tokenize", {"model": model, "messages": messages}, secret)
+            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+                return obj["count"]
+        if not probe:
+            return None
+        probe_body = {"model": model, "messages": messages, "max_tokens": 1, "stream": False}
+        for field in ("tools", "tool_choice", "response_format"):
+            if field in body:
+                probe_body[field] = body[field]
+        status, obj = await self.post_json(f"{base_url}/v1/chat/completions", probe_body, secret)
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if status == 200 and isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            return usage["prompt_tokens"]
+        return None

@@ -1,0 +1,115 @@
+"""The upstream HTTP client: pycurl through Tornado's CurlAsyncHTTPClient.
+
+One client per process, sized by `upstream.max_clients`. Each transfer gets libcurl's progress
+callback so a client that goes away stops the upstream transfer at once, and a low-speed limit so
+an upstream that goes silent mid-stream is cut after `upstream.idle_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPRequest, HTTPResponse
+
+from .config import UpstreamConfig
+
+CONNECT_ERRORS = {pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST}
+TIMEOUT_ERRORS = {pycurl.E_OPERATION_TIMEDOUT}
+ABORTED = pycurl.E_ABORTED_BY_CALLBACK
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+
+
+class UpstreamClient:
+    """Thin wrapper that applies the gateway's timeouts and cancellation to every fetch."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.http = CurlAsyncHTTPClient(
+            force_instance=True, max_clients=config.max_clients, max_body_size=MAX_UPSTREAM_BODY
+        )
+
+    async def fetch(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        cancelled: Callable[[], bool],
+        streaming_callback: Callable[[bytes], None] | None = None,
+        header_callback: Callable[[str], None] | None = None,
+    ) -> HTTPResponse:
+        """POST and return the response; a transport failure comes back as code 599 with `.error`."""
+        idle = int(self.config.idle_timeout)
+
+        def prepare(curl: pycurl.Curl) -> None:
+            curl.setopt(pycurl.NOPROGRESS, 0)
+            curl.setopt(pycurl.XFERINFOFUNCTION, lambda *_: 1 if cancelled() else 0)
+            if idle > 0:
+                curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+                curl.setopt(pycurl.LOW_SPEED_TIME, idle)
+
+        request = HTTPRequest(
+            url,
+            method="POST",
+            body=body,
+            headers=headers,
+            connect_timeout=self.config.connect_timeout,
+            request_timeout=self.config.request_timeout,
+            streaming_callback=streaming_callback,
+            header_callback=header_callback,
+            prepare_curl_callback=prepare,
+            decompress_response=False,
+            follow_redirects=False,
+            allow_ipv6=True,
+        )
+        try:
+            return await self.http.fetch(request, raise_error=False)
+        except CurlError as exc:
+            return HTTPResponse(request, 599, error=exc)
+
+    async def post_json(self, url: str, obj: Any, secret: str, timeout: float = 30.0) -> tuple[int, Any]:
+        """A small JSON call made off the hot path (tokenize endpoints); (status, parsed or None)."""
+        headers = {"Content-Type": "application/json"}
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        request = HTTPRequest(
+            url,
+            method="POST",
+            body=json.dumps(obj),
+            headers=headers,
+            connect_timeout=self.config.connect_timeout,
+            request_timeout=timeout,
+            follow_redirects=False,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except CurlError:
+            return 599, None
+        if not response.body:
+            return response.code, None
+        try:
+            return response.code, json.loads(response.body)
+        except ValueError:
+            return response.code, None
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def curl_errno(response: HTTPResponse) -> int | None:
+    """libcurl's error number for a transport failure, else None."""
+    if response.code != 599 or response.error is None:
+        return None
+    return getattr(response.error, "errno", None)
+
+
+def never_connected(response: HTTPResponse) -> bool:
+    """True when the transfer failed before a connection existed (safe to try another upstream)."""
+    errno = curl_errno(response)
+    if errno in CONNECT_ERRORS:
+        return True
+    message = str(response.error or "")
+    return errno in TIMEOUT_ERRORS and ("Connection timed out" in message or "Failed to connect" in message)

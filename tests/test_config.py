@@ -1,0 +1,87 @@
+"""Configuration: the example file loads, environment overrides apply, bad values name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmgateway.config import ConfigError, load_config, parse_config, resolve_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_file_is_complete_and_valid() -> None:
+    config = load_config(str(ROOT / "conf" / "gateway.example.toml"), environ={})
+    assert config.server.port == 8000
+    assert config.models[0].target_model == "meta-llama/Meta-Llama-3-8B-Instruct"
+
+
+def test_environment_overrides_what_kubernetes_sets(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[server]\nlisten = "127.0.0.1:1"\n[[models]]\nid = "a"\n')
+    env = {"LLMGW_LISTEN": "0.0.0.0:9000", "LLMGW_STORE_URL": "sqlite:////data/g.db",
+           "LLM_DEFAULT_URL": "http://llm.svc/", "LLMGW_SPOOL_DIR": "/spool"}
+    config = load_config(str(path), environ=env)
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
+    assert config.store_url == "sqlite:////data/g.db"
+    assert config.usage.spool_dir == "/spool"
+    assert config.models[0].upstreams[0].url == "http://llm.svc/a"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[server]\nlisten = "[::1]:8123"\n')
+    config = load_config(None, environ={"LLMGW_CONFIG": str(path)})
+    assert (config.server.host, config.server.port) == ("::1", 8123)
+
+
+def test_upstream_secret_from_environment_or_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret\n")
+    config = parse_config({"models": [
+        {"id": "a", "upstreams": ["http://h:1"], "api_key_env": "UP_KEY"},
+        {"id": "b", "upstreams": ["http://h:1"], "api_key_file": str(secret_file)},
+        {"id": "c", "upstreams": ["http://h:1"]},
+    ]})
+    assert resolve_secret(config.models[0], {"UP_KEY": "k1"}) == "k1"
+    assert resolve_secret(config.models[1], {}) == "s3cret"
+    assert resolve_secret(config.models[2], {}) == ""
+    with pytest.raises(ConfigError, match="UP_KEY is not set"):
+        resolve_secret(config.models[0], {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"server": {"listen": "nohost"}}, "server.listen"),
+        ({"server": {"listen": "h:99999"}}, "server.listen"),
+        ({"server": {"max_body_bytes": "big"}}, "server.max_body_bytes"),
+        ({"server": {"colour": "red"}}, "server.colour"),
+        ({"bogus": {}}, "bogus"),
+        ({"store": {"url": "postgres://x"}}, "store.url"),
+        ({"upstream": {"connect_timeout": -1}}, "upstream.connect_timeout"),
+        ({"usage": {"flush_interval_seconds": "soon"}}, "usage.flush_interval_seconds"),
+        ({"models": {"id": "a"}}, "models"),
+        ({"models": [{"upstreams": ["http://h"]}]}, "models[0].id"),
+        ({"models": [{"id": "a"}]}, "upstreams is missing"),
+        ({"models": [{"id": "a", "upstreams": ["ftp://h"]}]}, "upstreams[0]"),
+        ({"models": [{"id": "a", "upstreams": []}]}, "upstreams"),
+        ({"models": [{"id": "a", "upstreams": [{"url": "http://h", "weight": 0}]}]}, "weight"),
+        ({"models": [{"id": "a", "upstreams": ["http://h"], "kind": "audio"}]}, "kind"),
+        ({"models": [{"id": "a", "upstreams": ["http://h"], "active": "maybe"}]}, "active"),
+        ({"models": [{"id": "a", "upstreams": ["http://h"]}, {"id": "a", "upstreams": ["http://h"]}]}, "twice"),
+    ],
+)
+def test_invalid_settings_are_named(raw: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        parse_config(raw)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "none.toml"), environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad), environ={})
