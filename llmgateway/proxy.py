@@ -243,18 +243,20 @@ class Relay:
             return await self.gw.upstream.fetch(url, self.call.payload, self.call.headers, self._cancelled)
         return await self.gw.upstream.fetch(
             url, self.call.payload, self.call.headers, self._cancelled,
-            streaming_callback=self._on_chunk, header_callback=self._on_header,
+            streaming_callback=self._on_chunk, header_line=self._on_header,
         )
 
     def _cancelled(self) -> bool:
         return self.call.cancelled
 
-    def _on_header(self, line: str) -> None:
+    def _on_header(self, raw: bytes) -> None:
+        """libcurl HEADERFUNCTION: runs inside libcurl, so it only records."""
+        line = raw.decode("latin-1").rstrip("\r\n")
         if line.startswith("HTTP/"):
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
             self.headers_in = []
-        elif ":" in line:
+        elif ":" in line and not line[0].isspace():
             name, _, value = line.partition(":")
             self.headers_in.append((name.strip(), value.strip()))
 

@@ -39,9 +39,15 @@ class UpstreamClient:
         headers: dict[str, str],
         cancelled: Callable[[], bool],
         streaming_callback: Callable[[bytes], None] | None = None,
-        header_callback: Callable[[str], None] | None = None,
+        header_line: Callable[[bytes], None] | None = None,
     ) -> HTTPResponse:
-        """POST and return the response; a transport failure comes back as code 599 with `.error`."""
+        """POST and return the response; a transport failure comes back as code 599 with `.error`.
+
+        `header_line` receives each raw response header line synchronously, before any body
+        chunk reaches `streaming_callback` (Tornado's own header_callback is queued and can
+        arrive after the first chunks). It replaces Tornado's header parsing, so a response
+        fetched with it has no `.headers`.
+        """
         idle = int(self.config.idle_timeout)
 
         def prepare(curl: pycurl.Curl) -> None:
@@ -50,6 +56,8 @@ class UpstreamClient:
             if idle > 0:
                 curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
                 curl.setopt(pycurl.LOW_SPEED_TIME, idle)
+            if header_line is not None:
+                curl.setopt(pycurl.HEADERFUNCTION, header_line)
 
         request = HTTPRequest(
             url,
@@ -59,7 +67,6 @@ class UpstreamClient:
             connect_timeout=self.config.connect_timeout,
             request_timeout=self.config.request_timeout,
             streaming_callback=streaming_callback,
-            header_callback=header_callback,
             prepare_curl_callback=prepare,
             decompress_response=False,
             follow_redirects=False,

@@ -110,12 +110,11 @@ class GatewayProcess:
         return self.workdir / "gateway.db"
 
     def start(self) -> GatewayProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmgateway", "serve", "--config", str(self.config_path)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llmgateway", "serve", "--config", str(self.config_path)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
 
         def up() -> bool:
             assert self.proc is not None
@@ -197,10 +196,11 @@ def start_mock(tmp_path: Path) -> Iterator[Callable[..., MockUpstream]]:
     started: list[MockUpstream] = []
 
     def start(*flags: str) -> MockUpstream:
-        proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "bench.mock_upstream", "--listen", "127.0.0.1:0", *flags],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(tmp_path / f"mock{len(started)}.log", "wb"), text=True,
-        )
+        with open(tmp_path / f"mock{len(started)}.log", "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-u", "-m", "bench.mock_upstream", "--listen", "127.0.0.1:0", *flags],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+            )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("READY"):

@@ -86,7 +86,8 @@ def test_long_stream_text_is_compacted_not_lost() -> None:
 def test_usage_shapes() -> None:
     assert find_usage({"usage": {"prompt_tokens": 2, "completion_tokens": 5}}) == (2, 5)
     assert find_usage({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == (4, 0)
-    assert find_usage({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 1}}}) == (3, 1)
+    completed = {"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 1}}}
+    assert find_usage(completed) == (3, 1)
     assert find_usage({"usage": None}) is None
     assert find_usage({"usage": {"prompt_tokens": "2"}}) is None
 
