@@ -25,6 +25,7 @@ class BaseHandler(RequestHandler):
     """JSON in, JSON out; every error in the OpenAI error shape."""
 
     gateway: Gateway
+    gone = False
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -38,8 +39,8 @@ class BaseHandler(RequestHandler):
         self.finish(json.dumps(obj))
 
     def send_gateway_error(self, err: GatewayError) -> None:
-        """Answer with `err` unless a response has already started."""
-        if self._headers_written:
+        """Answer with `err` unless a response has already started or the client is gone."""
+        if self._headers_written or self.gone:
             return
         self.clear()
         self.clear_header("Server")

@@ -52,7 +52,6 @@ class ProxyHandler(BaseHandler):
         self.chunks: list[bytes] = []
         self.size = 0
         self.streaming = False
-        self.gone = False
         self.request.connection.set_max_body_size(max(self.limit * 4, HARD_BODY_CAP))
 
     def data_received(self, chunk: bytes) -> None:

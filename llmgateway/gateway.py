@@ -94,10 +94,10 @@ class Gateway:
         if self.in_flight == 0:
             self._idle.set()
 
-    def cancel_all(self) -> None:
+    def cancel_all(self, status: int) -> None:
         """Cut every open call (after the drain period); each still settles what it produced."""
         for call in list(self.open_calls):
-            call.cancel()
+            call.cancel(status)
 
     def record(self, event: UsageEvent) -> None:
         self.ledger.append(event)

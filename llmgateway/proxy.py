@@ -7,10 +7,11 @@ model name, or asking a stream for its usage chunk). Streams are relayed chunk b
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,14 @@ USAGE_STREAMS = (CHAT, COMPLETIONS)
 REQUIRED = {CHAT: ("messages", list), COMPLETIONS: ("prompt", (str, list)), EMBEDDINGS: ("input", (str, list))}
 INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 CLIENT_CLOSED = 499
+SHUTTING_DOWN = 503
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique across processes (random per-process prefix) and cheap (a counter)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 DROP_REQUEST_HEADERS = frozenset(
     h.lower()
@@ -71,15 +80,15 @@ class Call:
     stream: bool
     strip_usage: bool
     headers: dict[str, str]
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     ts: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
+    cut: int = 0
     upstream: UpstreamState | None = None
 
-    def cancel(self) -> None:
-        """The client went away: stop the upstream transfer at its next progress check."""
-        self.cancelled = True
+    def cancel(self, status: int = 0) -> None:
+        """Stop the upstream transfer at its next progress check; `status` says why (499 or 503)."""
+        self.cut = status or CLIENT_CLOSED
 
 
 def parse_body(raw: bytes) -> dict:
@@ -247,7 +256,7 @@ class Relay:
         )
 
     def _cancelled(self) -> bool:
-        return self.call.cancelled
+        return bool(self.call.cut)
 
     def _on_header(self, raw: bytes) -> None:
         """libcurl HEADERFUNCTION: runs inside libcurl, so it only records."""
@@ -275,54 +284,46 @@ class Relay:
         if out:
             self.sink.send(out)
 
+    def _failure(self, response: HTTPResponse) -> GatewayError | None:
+        """Why the transfer ended early, or None if the upstream completed it."""
+        if response.code != 599:
+            return None
+        if self.call.cut == SHUTTING_DOWN:
+            return GatewayError(503, "The gateway is shutting down; retry.", "server_error", "shutting_down")
+        if self.call.cut == CLIENT_CLOSED:
+            return GatewayError(CLIENT_CLOSED, "The client closed the connection.", "client_closed", "client_closed")
+        return transport_error(response)
+
     def _finish_stream(self, response: HTTPResponse) -> None:
         meter = self.meter
         assert meter is not None
-        if response.code == 599 and not self.started_client:
-            if self.call.cancelled:
-                self._settle(CLIENT_CLOSED, "")
-                return
-            err = transport_error(response)
-            self._settle(err.status, "")
-            raise err
+        err = self._failure(response)
         if not self.started_client:
-            err = upstream_status_error(response.code, b"".join(self.error_body))
+            err = err or upstream_status_error(response.code, b"".join(self.error_body))
             self._settle(err.status, "")
             raise err
         tail = meter.finish()
         if tail:
             self.sink.send(tail)
-        status = response.code
-        if response.code == 599:
-            status = CLIENT_CLOSED if self.call.cancelled else transport_error(response).status
-            if not self.call.cancelled:
-                err = transport_error(response)
-                self.sink.send(sse_error_event(f"The upstream stream broke off: {err.message}", code=err.code))
+        if err is not None and err.status != CLIENT_CLOSED:
+            self.sink.send(sse_error_event(f"The stream broke off: {err.message}", err.type, err.code))
         self.sink.end()
-        self._settle(status, "", meter.usage, meter)
+        self._settle(err.status if err else response.code, "", meter.usage, meter)
 
     def _finish_plain(self, response: HTTPResponse) -> None:
-        if response.code == 599:
-            if self.call.cancelled:
-                self._settle(CLIENT_CLOSED, "")
-                return
-            err = transport_error(response)
-            self._settle(err.status, "")
-            raise err
+        err = self._failure(response)
         body = response.body or b""
-        if not 200 <= response.code < 300:
+        if err is None and not 200 <= response.code < 300:
             err = upstream_status_error(response.code, body)
-            self._settle(err.status, "")
-            raise err
-        content_type = response.headers.get("Content-Type", "")
         obj: Any = None
-        if "json" in content_type or self.call.endpoint in REQUIRED:
+        if err is None and ("json" in response.headers.get("Content-Type", "") or self.call.endpoint in REQUIRED):
             try:
                 obj = json.loads(body)
             except (ValueError, UnicodeDecodeError):
                 err = upstream_failure(502, "The upstream answered with invalid JSON.", "upstream_invalid_response")
-                self._settle(err.status, "")
-                raise err from None
+        if err is not None:
+            self._settle(err.status, "")
+            raise err
         self.sink.start(response.code, response_headers(response.headers, self.call.request_id))
         self.sink.send(body)
         self.sink.end()

@@ -8,6 +8,7 @@ SIGTERM stops accepting, lets open streams finish for `server.drain_seconds`, cu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -19,12 +20,24 @@ from handlers.openai import HARD_BODY_CAP
 from .config import Config
 from .gateway import Gateway
 from .log import log_request, quiet_access_log
+from .proxy import SHUTTING_DOWN
 from .scheduler import make_scheduler
 from .store import open_store
 
 log = logging.getLogger("llmgateway")
 
 CUT_GRACE = 5.0
+
+
+def tune_gc() -> None:
+    """Move start-up objects out of the collector's way and collect less often.
+
+    The request path allocates many short-lived objects but few cycles; the default thresholds
+    made the cyclic collector a measurable share of each request.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 async def serve(config: Config) -> None:
@@ -39,6 +52,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
+    tune_gc()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -51,7 +65,7 @@ async def serve(config: Config) -> None:
     server.stop()
     await gateway.drain(config.server.drain_seconds)
     if gateway.in_flight:
-        gateway.cancel_all()
+        gateway.cancel_all(SHUTTING_DOWN)
         await gateway.drain(CUT_GRACE)
     scheduler.shutdown(wait=False)
     written = await gateway.flush()

@@ -226,8 +226,10 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
         workdir.mkdir()
         port = free_port()
         config = workdir / "gateway.toml"
+        if "drain_seconds" not in server:
+            server += "\ndrain_seconds = 10"
         config.write_text(
-            f'[server]\nlisten = "127.0.0.1:{port}"\ndrain_seconds = 10\n{server}\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\n{server}\n'
             f'[store]\nurl = "sqlite:///{workdir / "gateway.db"}{store_query}"\n'
             f'[usage]\nspool_dir = "{workdir / "spool"}"\nflush_interval_seconds = 0.2\n'
             f"{extra}\n{models}"

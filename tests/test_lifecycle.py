@@ -1,0 +1,127 @@
+"""Nothing metered is lost: across SIGTERM of the real process, and across a store that fails."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import openai
+
+from tests.conftest import model_toml, wait_for
+
+MESSAGES = [{"role": "user", "content": "Tell me a story"}]
+
+
+@contextmanager
+def store_locked(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the SQLite store: every write from the gateway fails meanwhile."""
+    holder = sqlite3.connect(db, isolation_level=None, timeout=10)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def spooled(gw) -> list[Path]:
+    return sorted((gw.workdir / "spool").glob("usage-*.jsonl"))
+
+
+def test_sigterm_drains_open_streams_and_flushes(start_mock, start_gateway) -> None:
+    mock = start_mock("--interval-ms", "50", "--tokens", "1000")
+    gw = start_gateway(model_toml("m", [mock.url]))
+    client = gw.client(gw.create_key())
+    first_chunk = threading.Barrier(5 + 1, timeout=20)
+    results: list[str] = []
+
+    def stream() -> None:
+        text = ""
+        for i, chunk in enumerate(client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=30,
+                                                                 stream=True)):
+            if i == 0:
+                first_chunk.wait()
+            text += chunk.choices[0].delta.content or ""
+        results.append(text)
+
+    threads = [threading.Thread(target=stream) for _ in range(5)]
+    for t in threads:
+        t.start()
+    first_chunk.wait()
+    gw.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: _refuses_connections(gw.port), 5, what="listener closed after SIGTERM")
+    for t in threads:
+        t.join(20)
+    assert gw.proc.wait(20) == 0
+    expected = " ".join(f"w{i}" for i in range(30))
+    assert results == [expected] * 5, "open streams must finish during the drain period"
+    events = gw.events()
+    assert len(events) == 5
+    assert all(e["completion_tokens"] == 30 and e["status"] == 200 for e in events)
+    assert "final usage flush" in gw.log()
+
+
+def _refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(start_mock, start_gateway) -> None:
+    mock = start_mock("--interval-ms", "100", "--tokens", "1000")
+    gw = start_gateway(model_toml("m", [mock.url]), server="drain_seconds = 0.5")
+    client = gw.client(gw.create_key())
+    stream = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=200, stream=True)
+    received = [next(stream) for _ in range(3)]
+    gw.proc.send_signal(signal.SIGTERM)
+    try:
+        for chunk in stream:
+            received.append(chunk)
+        raise AssertionError("the cut stream must end with an error event")
+    except openai.APIError as err:
+        assert "shutting down" in str(err)
+    assert gw.proc.wait(20) == 0
+    [event] = gw.events()
+    assert event["status"] == 503
+    assert 3 <= event["completion_tokens"] < 200
+    assert event["completion_tokens"] >= len(received) and event["estimated"] == 0
+
+
+def test_store_outage_spools_events_and_replays_them(start_mock, start_gateway) -> None:
+    mock = start_mock()
+    gw = start_gateway(model_toml("m", [mock.url]), store_query="?timeout=0.2")
+    client = gw.client(gw.create_key())
+    client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
+    gw.wait_events(1)
+    with store_locked(gw.db_path):
+        for n in range(1, 11):
+            client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=n)
+        wait_for(lambda: spooled(gw), 10, what="spool file while the store is locked")
+    events = gw.wait_events(11)
+    assert sorted(e["completion_tokens"] for e in events) == [1] + list(range(1, 11))
+    wait_for(lambda: not spooled(gw), 10, what="spool emptied after replay")
+    assert "usage store reachable again" in gw.log()
+
+
+def test_spooled_events_survive_a_restart(start_mock, start_gateway) -> None:
+    mock = start_mock()
+    gw = start_gateway(model_toml("m", [mock.url]), store_query="?timeout=0.2")
+    client = gw.client(gw.create_key())
+    client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
+    gw.wait_events(1)
+    with store_locked(gw.db_path):
+        for _ in range(4):
+            client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)
+        assert gw.stop(signal.SIGTERM) == 0
+        assert spooled(gw), "the final flush must spool what the store refused"
+    gw.start()
+    events = gw.wait_events(5)
+    assert sum(e["completion_tokens"] for e in events) == 1 + 4 * 2
+    wait_for(lambda: not spooled(gw), 10, what="spool replayed after restart")
