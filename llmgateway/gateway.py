@@ -116,6 +116,13 @@ class Gateway:
 
         task.add_done_callback(done)
 
+    async def cancel_settlements(self) -> None:
+        """At shutdown: settlements still counting record an estimate now instead."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def flush(self) -> int:
         """Scheduler job: write usage and key last-use times to the store."""
         touched, self.last_used = self.last_used, {}

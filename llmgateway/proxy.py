@@ -7,6 +7,7 @@ model name, or asking a stream for its usage chunk). Streams are relayed chunk b
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ from .gateway import Gateway
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .routing import Route, UpstreamState, mark_down
+from .tokencount import estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
 
 log = logging.getLogger("llmgateway.proxy")
@@ -345,10 +347,17 @@ class Relay:
             text = meter.completion_text()
         call = self.call
         upstream_url = call.upstream.url if call.upstream else call.route.pool[0].url
-        prompt, completion, estimated = await self.gw.counter.count(
-            upstream_url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
-            call.route.model.usage_probe,
-        )
+        try:
+            prompt, completion, estimated = await self.gw.counter.count(
+                upstream_url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
+                call.route.model.usage_probe,
+            )
+        except asyncio.CancelledError:
+            self.gw.record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
+            raise
+        except Exception:
+            log.exception("token counting failed for %s; recording an estimate", call.request_id)
+            prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
         self.gw.record(self._event(status, latency_ms, prompt, completion, estimated))
 
     def _event(self, status: int, latency_ms: float, prompt: int, completion: int, estimated: bool) -> UsageEvent:

@@ -67,6 +67,7 @@ async def serve(config: Config) -> None:
     if gateway.in_flight:
         gateway.cancel_all(SHUTTING_DOWN)
         await gateway.drain(CUT_GRACE)
+    await gateway.cancel_settlements()
     scheduler.shutdown(wait=False)
     written = await gateway.flush()
     log.info("final usage flush: %d events written, %d left spooled", written, len(gateway.ledger.spooled_files()))

@@ -27,6 +27,17 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimate_usage(endpoint: str, body: dict, completion_text: str) -> tuple[int, int, bool]:
+    """(prompt, completion, True): the estimate used when no tokenizer could be asked."""
+    if endpoint == "/v1/chat/completions":
+        prompt = estimate(message_text(body.get("messages")))
+    elif endpoint in ("/v1/completions", "/v1/embeddings"):
+        prompt = sum(estimate(t) for t in prompt_texts(endpoint, body))
+    else:
+        prompt = estimate(json.dumps(body.get("input", body.get("messages", ""))))
+    return prompt, estimate(completion_text), True
+
+
 def message_text(messages: Any) -> str:
     """The text of chat messages, content parts included."""
     parts: list[str] = []
@@ -81,7 +92,7 @@ class TokenCounter:
             if prompt is None:
                 prompt, estimated = sum(estimate(t) for t in texts), True
         else:
-            prompt, estimated = estimate(json.dumps(body.get("input", body.get("messages", "")))), True
+            prompt, estimated = estimate_usage(endpoint, body, "")[0], True
         completion = 0
         if completion_text:
             counted = await self._count_texts(base_url, secret, model, [completion_text], special=False)

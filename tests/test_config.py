@@ -85,3 +85,10 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(str(bad), environ={})
+
+
+def test_deployment_config_is_valid_and_follows_the_environment() -> None:
+    path = str(ROOT / "kubernetes" / "gateway.toml")
+    config = load_config(path, environ={"LLM_DEFAULT_URL": "http://vllm.llm.svc:8000"})
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 8000)
+    assert config.models[0].upstreams[0].url == "http://vllm.llm.svc:8000/llama-3-8b"

@@ -1,0 +1,92 @@
+"""The llmgateway command: keys and usage against a real SQLite store, and its bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+
+import pytest
+
+from llmgateway.cli import CliError, parse_time
+from tests.conftest import model_toml
+
+
+@pytest.fixture
+def gw(start_gateway):
+    """A configured but not running gateway: the CLI works on its store directly."""
+    return start_gateway(model_toml("a", ["http://127.0.0.1:9"]) + model_toml("b", ["http://127.0.0.1:9"]), run=False)
+
+
+def test_create_prints_only_the_key_and_stores_only_its_hash(gw) -> None:
+    result = gw.cli("keys", "create", "--user", "alice", "--name", "laptop", "--models", "a", "--expires-days", "30")
+    key = result.stdout.strip()
+    assert re.fullmatch(r"sk-lgw-[A-Za-z0-9_-]{43}", key)
+    assert result.stdout == key + "\n"
+    assert key not in result.stderr
+    [row] = json.loads(gw.cli("keys", "list", "--json").stdout)
+    assert row["owner"] == "alice" and row["models"] == ["a"] and row["status"] == "active"
+    assert "hash" not in row and key.startswith(row["prefix"]) and row["expires"] > row["created"]
+    stored = sqlite3.connect(gw.db_path).execute("SELECT hash, prefix FROM api_keys").fetchone()
+    assert key not in stored
+
+
+def test_keys_are_random(gw) -> None:
+    keys = {gw.create_key(name=f"k{i}") for i in range(3)}
+    assert len(keys) == 3
+
+
+def test_list_filters_and_revoke(gw) -> None:
+    gw.create_key(user="alice", name="one")
+    gw.create_key(user="bob", name="two")
+    rows = json.loads(gw.cli("keys", "list", "--json", "--user", "alice").stdout)
+    assert [r["name"] for r in rows] == ["one"]
+    revoked = gw.cli("keys", "revoke", rows[0]["id"])
+    assert "revoked" in revoked.stderr
+    assert json.loads(gw.cli("keys", "list", "--json", "--active").stdout)[0]["name"] == "two"
+    table = gw.cli("keys", "list").stdout
+    assert "revoked" in table and "active" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["keys", "create", "--user", "u", "--name", "n", "--models", "zzz"], "unknown model 'zzz'"),
+        (["keys", "create", "--user", " ", "--name", "n"], "user must not be empty"),
+        (["keys", "create", "--user", "u", "--name", ""], "name must not be empty"),
+        (["keys", "create", "--user", "u", "--name", "n", "--expires-days", "-1"], "must be greater than 0"),
+        (["keys", "create", "--user", "u", "--name", "n", "--expires-days", "soon"], "is not a number"),
+        (["keys", "create", "--name", "n"], "--user"),
+        (["keys", "revoke", "key_nope"], "no key with id 'key_nope'"),
+        (["usage", "--since", "yesterday"], "cannot read time 'yesterday'"),
+        (["usage", "--since", "1d", "--until", "2d"], "--until must be later than --since"),
+        (["usage", "--by", "colour"], "invalid choice"),
+    ],
+)
+def test_bad_input_gets_one_clear_line_and_status_2(gw, args: list[str], message: str) -> None:
+    result = gw.cli(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_invalid_config_names_the_setting(gw) -> None:
+    gw.config_path.write_text('[server]\nlisten = "nope"\n')
+    result = gw.cli("keys", "list", check=False)
+    assert result.returncode == 2 and "server.listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_usage_table_and_json_on_an_empty_store(gw) -> None:
+    assert "TOTAL" in gw.cli("usage").stdout
+    report = json.loads(gw.cli("usage", "--by", "day", "--since", "7d", "--json").stdout)
+    assert report["rows"] == [] and report["totals"]["requests"] == 0
+
+
+def test_parse_time() -> None:
+    assert parse_time("1h", now=10_000.0) == 6_400.0
+    assert parse_time("2w", now=2_000_000.0) == 2_000_000.0 - 2 * 604_800
+    assert parse_time("1970-01-02") == 86_400.0
+    assert parse_time("1970-01-01T01:00:00+01:00") == 0.0
+    with pytest.raises(CliError):
+        parse_time("7 days")
