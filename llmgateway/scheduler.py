@@ -12,6 +12,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .gateway import Gateway
+from .log import flush_logs
 
 
 def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
@@ -25,4 +26,5 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
         coalesce=True,
         next_run_time=datetime.now(),
     )
+    scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", max_instances=1, coalesce=True)
     return scheduler
