@@ -5,6 +5,9 @@ Order of truth (DESIGN.md): the upstream's own usage; else its tokenizer — vLL
 llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
 apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
 prompt count exactly; else an estimate of four characters per token, stored as `estimated`.
+
+llama-cpp-python's tokenizer adds a BOS token to whatever it counts; the counter learns how many
+tokens an empty text gives and takes them off counts of generated text.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class TokenCounter:
     def __init__(self, post_json: PostJson) -> None:
         self.post_json = post_json
         self._styles: dict[str, tuple[str, float]] = {}
+        self._bos: dict[str, int] = {}
 
     async def count(
         self,
@@ -110,9 +114,10 @@ class TokenCounter:
         if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
             style = VLLM
         else:
-            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": "a"}, secret)
+            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": ""}, secret)
             if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
                 style = LLAMACPP
+                self._bos[base_url] = obj["count"]
         self._styles[base_url] = (style, time.monotonic())
         return style
 
@@ -123,6 +128,9 @@ class TokenCounter:
             status, obj = await self.post_json(f"{base_url}/tokenize", req, secret)
         elif style == LLAMACPP:
             status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": text}, secret)
+            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int) and not special:
+                # llama-cpp-python always adds BOS; generated text has none, so take it off again.
+                return max(obj["count"] - self._bos.get(base_url, 0), 0)
         else:
             return None
         if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
