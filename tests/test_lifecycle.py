@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.conftest import model_toml, wait_for
 
@@ -94,12 +95,19 @@ def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(s
     assert event["completion_tokens"] >= len(received) and event["estimated"] == 0
 
 
-def test_store_outage_spools_events_and_replays_them(start_mock, start_gateway) -> None:
+@pytest.fixture
+def warm(start_mock, start_gateway):
+    """A gateway whose store gives up after 0.2 s on a lock, with its key cached by one call."""
     mock = start_mock()
     gw = start_gateway(model_toml("m", [mock.url]), store_query="?timeout=0.2")
     client = gw.client(gw.create_key())
     client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
     gw.wait_events(1)
+    return gw, client
+
+
+def test_store_outage_spools_events_and_replays_them(warm) -> None:
+    gw, client = warm
     with store_locked(gw.db_path):
         for n in range(1, 11):
             client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=n)
@@ -110,12 +118,8 @@ def test_store_outage_spools_events_and_replays_them(start_mock, start_gateway) 
     assert "usage store reachable again" in gw.log()
 
 
-def test_spooled_events_survive_a_restart(start_mock, start_gateway) -> None:
-    mock = start_mock()
-    gw = start_gateway(model_toml("m", [mock.url]), store_query="?timeout=0.2")
-    client = gw.client(gw.create_key())
-    client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
-    gw.wait_events(1)
+def test_spooled_events_survive_a_restart(warm) -> None:
+    gw, client = warm
     with store_locked(gw.db_path):
         for _ in range(4):
             client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)
