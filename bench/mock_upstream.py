@@ -2,8 +2,8 @@
 
 Run from the repo root: ``python -m bench.mock_upstream --listen 127.0.0.1:0 [options]``. When it
 serves it prints one line ``READY <port>`` (the real port) on stdout; SIGTERM or SIGINT stops it.
-It is fast on purpose (no access log, fixed bodies built once, no ETag hashing) so that it is never
-the bottleneck of a gateway benchmark.
+It is fast on purpose (Tornado's HTTP server without the ``tornado.web`` layer, no access log,
+fixed bodies built once) so that it is never the bottleneck of a gateway benchmark.
 
 Every process-wide option (``--latency-ms``, ``--tokens``, ``--interval-ms``, ``--usage-chunk``,
 ``--usage-body``, ``--tokenize``, ``--mode``, ``--die-after``, ``--status``, ``--api-key``,
@@ -21,19 +21,26 @@ Deterministic tokenizer, which the gateway's tests rely on:
   vLLM does); a missing or null content renders as ``""``.
 - Completion prompts: ``tokens(prompt)``, summed over a list of strings (a list of token ids
   counts its length). Embedding inputs likewise.
-- The completion text is ``"w0 w1 ... w<N-1>"``, so ``completion_tokens = N``, where
-  ``N = min(tokens, max_tokens or max_completion_tokens)``. ``finish_reason`` is ``"length"``
-  when the request's cap is below ``tokens``, else ``"stop"``.
+- The completion text is ``"w0 w1 ... w<N-1>"``, so ``completion_tokens = N``: ``tokens``, capped
+  by the request's ``max_tokens`` and ``max_completion_tokens``. ``finish_reason`` is ``"length"``
+  when a cap cut it short, else ``"stop"``.
 - A stream sends one chunk per word (the first also carries ``"role": "assistant"``, the rest
   have a leading space), ``finish_reason`` on the last content chunk (as vLLM), then, when the
   request has ``stream_options.include_usage`` and ``usage_chunk`` is on, a chunk with
   ``"choices": []`` and the usage (every other chunk then carries ``"usage": null``), then
-  ``data: [DONE]``.
+  ``data: [DONE]``. Headers go out at once; ``latency_ms`` delays the first chunk.
 - Other ``POST /v1/<path>`` bodies naming a model answer ``object: "mock.passthrough"`` with
   ``prompt_tokens = tokens(json.dumps(body))`` (the body as received) and 2 completion tokens.
 
 Modes apply to ``POST /v1/...`` only; ``GET /v1/models`` and the tokenize endpoints always answer
-normally. Tests can read ``GET /mock/requests``, ``GET /mock/stats`` and ``POST /mock/reset``.
+normally. ``error500``, ``status`` and ``badjson`` answer at once (no latency); ``hang`` drops the
+connection unanswered after 120 s; ``die`` cuts a stream after ``die_after`` data events (no
+``[DONE]``, no final chunk) and a whole body half-way through a longer promised Content-Length.
+
+``GET /mock/requests`` (the last 200 requests, oldest first: method, path, headers, parsed body),
+``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted. A stream counts
+as completed once ``[DONE]`` is sent, as aborted when its client leaves first; a ``die`` stream
+is neither.
 """
 
 from __future__ import annotations
@@ -46,17 +53,20 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import re
 import signal
 import struct
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MODES = ("ok", "error500", "badjson", "hang", "die", "status")
@@ -69,6 +79,8 @@ JSON_TYPE = "application/json"
 NOT_FOUND = b'{"detail":"Not Found"}'
 BAD_JSON = b'{"id": "x", '
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+
+log = logging.getLogger("bench.mock_upstream")
 
 
 def tokens(text: str) -> int:
@@ -228,109 +240,143 @@ class Mock:
     default_model: str
     stats: Stats = dataclasses.field(default_factory=Stats)
     ids: itertools.count = dataclasses.field(default_factory=itertools.count)
+    tasks: set[asyncio.Task] = dataclasses.field(default_factory=set)
 
 
-class BaseHandler(RequestHandler):
-    """No ETag hashing and no default headers beyond what clients need: the mock must be cheap."""
+class Exchange(httputil.HTTPMessageDelegate):
+    """One request and its answer, on Tornado's HTTP/1.1 connection without RequestHandler.
 
-    mock: Mock
+    Going below `tornado.web` nearly doubles the mock's request rate, which keeps it well ahead of
+    the gateway it is compared with.
+    """
 
-    def initialize(self, mock: Mock) -> None:
+    def __init__(self, mock: Mock, conn: HTTP1Connection) -> None:
         self.mock = mock
+        self.conn = conn
+        self.opts = mock.options
+        self.method = ""
+        self.path = ""
+        self.headers = httputil.HTTPHeaders()
+        self.chunks: list[bytes] = []
+        self.body: Any = None
+        self.stream_open = False
+        self.closed = False
+        self.gone: asyncio.Event | None = None
+        self.pending: list[bytes] = []
 
-    def compute_etag(self) -> None:
-        return None
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        self.method = start_line.method
+        self.path = start_line.path.partition("?")[0]
+        self.headers = headers
 
-    def answer(self, status: int, body: bytes, content_type: str = JSON_TYPE) -> None:
-        """Send a whole body."""
-        self.set_status(status)
-        self.set_header("Content-Type", content_type)
-        self.finish(body)
+    def data_received(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
 
+    def on_connection_close(self) -> None:
+        self.client_gone()
 
-class ControlHandler(BaseHandler):
-    """/mock/requests, /mock/stats, /mock/reset: what tests read about the traffic."""
+    def finish(self) -> None:
+        """The whole request is in: answer it, now or from a task."""
+        self.conn.set_close_callback(self.client_gone)
+        if self.path.startswith("/mock/"):
+            self.control()
+        elif self.start():
+            self.route()
 
-    def get(self, what: str) -> None:
+    def client_gone(self) -> None:
+        """The client closed the connection: count an unfinished stream as aborted (once)."""
+        self.closed = True
+        if self.gone is not None:
+            self.gone.set()
+        if self.stream_open:
+            self.stream_open = False
+            self.mock.stats.streams_aborted += 1
+
+    def answer(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
+        """Send a whole JSON body."""
+        headers = httputil.HTTPHeaders(
+            {"Content-Type": JSON_TYPE, "Content-Length": str(len(body)), "x-mock-name": self.opts.name}
+        )
+        if extra:
+            headers.update(extra)
+        self.conn.write_headers(start_line(status), headers, body)
+        self.conn.finish()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a slow answer as a task, held until done; a crash closes the connection, not the mock."""
+        task = asyncio.get_running_loop().create_task(self.guarded(work))
+        self.mock.tasks.add(task)
+        task.add_done_callback(self.mock.tasks.discard)
+
+    async def guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await an answer; a vanished client is expected, anything else is a bug to show."""
+        try:
+            await work
+        except StreamClosedError:
+            self.client_gone()
+        except Exception:
+            log.exception("mock failed on %s %s", self.method, self.path)
+            self.conn.close()
+
+    def control(self) -> None:
+        """/mock/requests, /mock/stats, /mock/reset: what tests read about the traffic."""
         stats = self.mock.stats
-        if what == "requests":
+        if self.method == "GET" and self.path == "/mock/requests":
             self.answer(200, dumps(list(stats.log)))
-        elif what == "stats":
+        elif self.method == "GET" and self.path == "/mock/stats":
             self.answer(200, dumps(stats.as_dict()))
-        else:
-            self.answer(404, NOT_FOUND)
-
-    def post(self, what: str) -> None:
-        if what == "reset":
-            self.mock.stats.reset()
+        elif self.method == "POST" and self.path == "/mock/reset":
+            stats.reset()
             self.answer(200, b'{"ok":true}')
         else:
             self.answer(404, NOT_FOUND)
-
-
-class ApiHandler(BaseHandler):
-    """Every other path: the OpenAI API, the tokenize endpoints, and 404 for the rest."""
-
-    opts: Options
-    body: Any
-    stream_open = False
-    closed = False
-
-    def initialize(self, mock: Mock) -> None:
-        super().initialize(mock)
-        self.set_header("x-mock-name", mock.options.name)
-
-    async def get(self) -> None:
-        if self.start():
-            if self.request.path == "/v1/models":
-                self.answer(200, self.mock.models_body)
-            else:
-                self.answer(404, NOT_FOUND)
-
-    async def post(self) -> None:
-        if not self.start():
-            return
-        path = self.request.path
-        if path == "/tokenize":
-            self.tokenize_vllm()
-        elif path in ("/extras/tokenize", "/extras/tokenize/count"):
-            self.tokenize_llamacpp(path.endswith("/count"))
-        elif path in (CHAT, COMPLETIONS, EMBEDDINGS) or self.is_passthrough(path):
-            await self.inference(path)
-        else:
-            self.answer(404, NOT_FOUND)
-
-    def is_passthrough(self, path: str) -> bool:
-        """Any other /v1/ path whose body names a model is answered generically."""
-        return path.startswith("/v1/") and isinstance(self.body, dict) and isinstance(self.body.get("model"), str)
 
     def start(self) -> bool:
         """Log the request, read the body and its overrides, check the key; False if answered."""
         stats = self.mock.stats
         stats.requests += 1
-        raw = self.request.body
-        entry = {"method": self.request.method, "path": self.request.path, "headers": dict(self.request.headers)}
+        raw = b"".join(self.chunks)
+        entry: dict[str, Any] = {"method": self.method, "path": self.path, "headers": dict(self.headers), "body": None}
         stats.log.append(entry)
         try:
-            self.body = json.loads(raw) if raw else None
+            self.body = entry["body"] = json.loads(raw) if raw else None
         except ValueError:
-            entry["body"] = None
             self.answer(400, error_body(400, "request body is not JSON"))
             return False
-        entry["body"] = self.body
-        self.opts = self.mock.options
         if isinstance(self.body, dict) and "mock" in self.body:
             try:
                 self.opts = self.opts.override(self.body["mock"])
             except ValueError as exc:
                 self.answer(400, error_body(400, str(exc)))
                 return False
-        if self.opts.name != self.mock.options.name:
-            self.set_header("x-mock-name", self.opts.name)
-        if self.opts.api_key is not None and self.request.headers.get("Authorization") != f"Bearer {self.opts.api_key}":
+        if self.opts.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.opts.api_key}":
             self.answer(401, error_body(401, "Incorrect API key provided"))
             return False
         return True
+
+    def route(self) -> None:
+        """Dispatch on method and path."""
+        path = self.path
+        if self.method == "GET" and path == "/v1/models":
+            self.answer(200, self.mock.models_body)
+        elif self.method != "POST":
+            self.answer(404, NOT_FOUND)
+        elif path == "/tokenize":
+            self.tokenize_vllm()
+        elif path in ("/extras/tokenize", "/extras/tokenize/count"):
+            self.tokenize_llamacpp(path.endswith("/count"))
+        elif path in (CHAT, COMPLETIONS, EMBEDDINGS) or self.is_passthrough():
+            self.inference()
+        else:
+            self.answer(404, NOT_FOUND)
+
+    def is_passthrough(self) -> bool:
+        """Any other /v1/ path whose body names a model is answered generically."""
+        body = self.body
+        return self.path.startswith("/v1/") and isinstance(body, dict) and isinstance(body.get("model"), str)
 
     def tokenize_vllm(self) -> None:
         """vLLM's POST /tokenize: a prompt, or messages rendered with the chat template."""
@@ -349,34 +395,42 @@ class ApiHandler(BaseHandler):
         n = text_tokens(self.body.get("input"))
         self.answer(200, dumps({"count": n} if count_only else {"tokens": list(range(n))}))
 
-    async def inference(self, path: str) -> None:
+    def inference(self) -> None:
         """Chat, completions, embeddings and pass-through, in the requested mode."""
         if not isinstance(self.body, dict):
             self.answer(400, error_body(400, "request body must be a JSON object"))
             return
-        mode = self.opts.mode
+        mode, status = self.opts.mode, self.opts.status
         if mode == "error500":
             self.answer(500, error_body(500, "mock upstream failure"))
         elif mode == "status":
-            if self.opts.status in (429, 503):
-                self.set_header("Retry-After", "1")
-            self.answer(self.opts.status, error_body(self.opts.status, f"mock status {self.opts.status}"))
+            self.answer(status, error_body(status, f"mock status {status}"),
+                        {"Retry-After": "1"} if status in (429, 503) else None)
         elif mode == "badjson":
             self.answer(200, BAD_JSON)
         elif mode == "hang":
-            await self.hang()
-        elif path in (CHAT, COMPLETIONS) and self.body.get("stream") is True:
-            await self.stream(path)
+            self.spawn(self.hang())
+        elif self.path in (CHAT, COMPLETIONS) and self.body.get("stream") is True:
+            self.stream()
+        elif self.opts.latency_ms:
+            self.spawn(self.delayed())
         else:
-            await self.whole(path)
+            self.whole()
 
     async def hang(self) -> None:
         """Never answer: wait for the client to leave, or give up and drop the connection."""
-        deadline = time.monotonic() + HANG_SECONDS
-        while not self.closed and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if not self.closed:
-            self.detach().close()
+        self.gone = asyncio.Event()
+        if self.closed:
+            return
+        try:
+            await asyncio.wait_for(self.gone.wait(), HANG_SECONDS)
+        except TimeoutError:
+            self.conn.detach().close()
+
+    async def delayed(self) -> None:
+        """A non-streaming answer after latency_ms."""
+        await asyncio.sleep(self.opts.latency_ms / 1000)
+        self.whole()
 
     def completion_size(self) -> tuple[int, str]:
         """How many tokens to generate and the finish reason that goes with it."""
@@ -387,14 +441,14 @@ class ApiHandler(BaseHandler):
                 n = max(cap, 0)
         return n, "length" if n < self.opts.tokens else "stop"
 
-    def prompt_tokens(self, path: str) -> int:
+    def prompt_tokens(self) -> int:
         """The prompt's tokens by the documented rule for the endpoint."""
-        if path == CHAT:
+        if self.path == CHAT:
             messages = self.body.get("messages")
             return tokens(render(messages)) if isinstance(messages, list) else 0
-        if path == COMPLETIONS:
+        if self.path == COMPLETIONS:
             return text_tokens(self.body.get("prompt"))
-        if path == EMBEDDINGS:
+        if self.path == EMBEDDINGS:
             return text_tokens(self.body.get("input"))
         return tokens(json.dumps(self.body))
 
@@ -403,41 +457,39 @@ class ApiHandler(BaseHandler):
         model = self.body.get("model")
         return model if isinstance(model, str) else self.mock.default_model
 
-    async def whole(self, path: str) -> None:
-        """A non-streaming answer."""
-        if self.opts.latency_ms:
-            await asyncio.sleep(self.opts.latency_ms / 1000)
-        prompt = self.prompt_tokens(path)
-        serial = next(self.mock.ids)
-        common = {"created": int(time.time()), "model": self.model()}
+    def whole(self) -> None:
+        """A non-streaming answer (cut short in mode 'die')."""
+        path, prompt, serial = self.path, self.prompt_tokens(), next(self.mock.ids)
         if path == EMBEDDINGS:
-            obj: dict[str, Any] = {"object": "list", "data": self.embeddings(), "model": common["model"]}
+            obj: dict[str, Any] = {"object": "list", "data": self.embeddings(), "model": self.model()}
             usage: dict[str, int] = {"prompt_tokens": prompt, "total_tokens": prompt}
         elif path in (CHAT, COMPLETIONS):
             n, finish = self.completion_size()
             text = "".join(words(n))
             if path == CHAT:
+                obj = {"id": f"chatcmpl-mock-{serial}", "object": "chat.completion"}
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                           "finish_reason": finish}
-                obj = {"id": f"chatcmpl-mock-{serial}", "object": "chat.completion", **common}
             else:
+                obj = {"id": f"cmpl-mock-{serial}", "object": "text_completion"}
                 choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-                obj = {"id": f"cmpl-mock-{serial}", "object": "text_completion", **common}
-            obj.update(system_fingerprint=self.opts.name, choices=[choice])
+            obj.update(created=int(time.time()), model=self.model(), system_fingerprint=self.opts.name,
+                       choices=[choice])
             usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         else:
-            obj = {"id": f"mock-{serial}", "object": "mock.passthrough", **common, "path": path}
+            obj = {"id": f"mock-{serial}", "object": "mock.passthrough", "created": int(time.time()),
+                   "model": self.model(), "path": path}
             usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
         if self.opts.usage_body:
             obj["usage"] = usage
         body = dumps(obj)
         if self.opts.mode == "die":
-            self.die_whole(body)
+            self.spawn(self.die_whole(body))
         else:
             self.answer(200, body)
 
     def embeddings(self) -> list[dict]:
-        """One fixed vector per input, as floats or as base64 float32 if asked."""
+        """One fixed vector per input, as floats or, if asked (the openai SDK does), base64 float32."""
         value = self.body.get("input")
         count = len(value) if isinstance(value, list) and value and not isinstance(value[0], int) else 1
         as_base64 = self.body.get("encoding_format") == "base64"
@@ -449,61 +501,69 @@ class ApiHandler(BaseHandler):
             data.append({"object": "embedding", "index": i, "embedding": vec})
         return data
 
-    def die_whole(self, body: bytes) -> None:
-        """Promise more body than is sent, then cut the connection."""
-        head = (
-            f"HTTP/1.1 200 OK\r\nContent-Type: {JSON_TYPE}\r\nx-mock-name: {self.opts.name}\r\n"
-            f"Content-Length: {len(body) + 100}\r\n\r\n"
-        ).encode()
-        stream = self.detach()
-        stream.write(head + body[: len(body) // 2]).add_done_callback(lambda _: stream.close())
+    async def die_whole(self, body: bytes) -> None:
+        """Promise 100 bytes more than the body, send half of it, then cut the connection."""
+        headers = httputil.HTTPHeaders(
+            {"Content-Type": JSON_TYPE, "Content-Length": str(len(body) + 100), "x-mock-name": self.opts.name}
+        )
+        await self.conn.write_headers(start_line(200), headers, body[: len(body) // 2])
+        self.conn.detach().close()
 
-    async def stream(self, path: str) -> None:
-        """An SSE stream, one flushed chunk per word, timed by latency_ms and interval_ms."""
-        stats = self.mock.stats
-        stats.streams_started += 1
+    def stream(self) -> None:
+        """Start an SSE stream: headers at once, then chunks paced by timers, not a task per stream.
+
+        Timer callbacks cost a fraction of a coroutine step per chunk, which is what lets one core
+        keep a thousand streams on time.
+        """
+        self.mock.stats.streams_started += 1
         self.stream_open = True
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        try:
-            await self.flush()
-            chunks = self.stream_chunks(path)
-            last = min(len(chunks), self.opts.die_after) if self.opts.mode == "die" else len(chunks)
-            delay = self.opts.latency_ms
-            for chunk in chunks[:last]:
-                if delay:
-                    await asyncio.sleep(delay / 1000)
-                if self.closed:
-                    return
-                self.write(chunk)
-                await self.flush()
-                delay = self.opts.interval_ms
-            if self.opts.mode == "die":
-                self.stream_open = False
-                self.detach().close()
-                return
-            self.write(b"data: [DONE]\n\n")
-            await self.finish()
-        except StreamClosedError:
-            self.client_gone()
-            return
-        self.stream_open = False
-        stats.streams_completed += 1
+        chunks = self.stream_chunks()
+        self.pending = chunks[: self.opts.die_after] if self.opts.mode == "die" else chunks
+        self.pending.reverse()
+        headers = httputil.HTTPHeaders(
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-mock-name": self.opts.name}
+        )
+        self.conn.write_headers(start_line(200), headers)
+        asyncio.get_running_loop().call_later(self.opts.latency_ms / 1000, self.next_chunk)
 
-    def stream_chunks(self, path: str) -> list[bytes]:
-        """The stream's data events: one per word (the last with finish_reason), then usage if asked."""
+    def next_chunk(self) -> None:
+        """Write one chunk and schedule the next; after the last, end the stream (or cut it, in 'die')."""
+        if self.closed:
+            return
+        written = self.conn.write(self.pending.pop()) if self.pending else None
+        if self.pending:
+            asyncio.get_running_loop().call_later(self.opts.interval_ms / 1000, self.next_chunk)
+        elif self.opts.mode == "die":
+            self.stream_open = False
+            if written is None:
+                self.conn.detach().close()
+            else:
+                written.add_done_callback(lambda _: self.conn.detach().close())
+        else:
+            self.conn.write(b"data: [DONE]\n\n")
+            self.conn.finish()
+            if self.stream_open:
+                self.stream_open = False
+                self.mock.stats.streams_completed += 1
+
+    def stream_chunks(self) -> list[bytes]:
+        """The stream's data events: one per word (the last with finish_reason), then usage if asked.
+
+        The fields every event shares are serialised once per stream.
+        """
         n, finish = self.completion_size()
-        chat = path == CHAT
+        chat = self.path == CHAT
         options = self.body.get("stream_options")
         with_usage = self.opts.usage_chunk and isinstance(options, dict) and options.get("include_usage") is True
         serial = next(self.mock.ids)
-        head: dict[str, Any] = {
+        head = b"data: " + dumps({
             "id": f"chatcmpl-mock-{serial}" if chat else f"cmpl-mock-{serial}",
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()),
             "model": self.model(),
             "system_fingerprint": self.opts.name,
-        }
+        })[:-1] + b',"choices":'
+        tail = b',"usage":null}\n\n' if with_usage else b"}\n\n"
         pieces = words(n) or ("",)
         chunks = []
         for i, piece in enumerate(pieces):
@@ -513,34 +573,34 @@ class ApiHandler(BaseHandler):
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
             else:
                 choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": reason}
-            event = {**head, "choices": [choice], "usage": None} if with_usage else {**head, "choices": [choice]}
-            chunks.append(b"data: " + dumps(event) + b"\n\n")
+            chunks.append(head + dumps([choice]) + tail)
         if with_usage:
-            prompt = self.prompt_tokens(path)
+            prompt = self.prompt_tokens()
             usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
-            chunks.append(b"data: " + dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+            chunks.append(head + b'[],"usage":' + dumps(usage) + b"}\n\n")
         return chunks
 
-    def client_gone(self) -> None:
-        """Count a stream the client left before its end (once)."""
-        self.closed = True
-        if self.stream_open:
-            self.stream_open = False
-            self.mock.stats.streams_aborted += 1
 
-    def on_connection_close(self) -> None:
-        self.client_gone()
+class MockServer(httputil.HTTPServerConnectionDelegate):
+    """Hands each request on a connection to a fresh `Exchange`."""
+
+    def __init__(self, mock: Mock) -> None:
+        self.mock = mock
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Exchange:
+        assert isinstance(request_conn, HTTP1Connection)
+        return Exchange(self.mock, request_conn)
 
 
-def make_app(options: Options, model_names: list[str]) -> Application:
-    """The Tornado application with its shared state."""
+def start_line(status: int) -> httputil.ResponseStartLine:
+    """The status line for a code."""
+    return httputil.ResponseStartLine("HTTP/1.1", status, httputil.responses.get(status, "Unknown"))
+
+
+def make_mock(options: Options, model_names: list[str]) -> Mock:
+    """The shared state, with the model list serialised once."""
     models = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "mock"} for m in model_names]}
-    mock = Mock(options=options, models_body=dumps(models), default_model=model_names[0])
-    return Application(
-        [(r"/mock/(\w+)", ControlHandler, {"mock": mock}), (r"/.*", ApiHandler, {"mock": mock})],
-        log_function=lambda handler: None,
-        compress_response=False,
-    )
+    return Mock(options=options, models_body=dumps(models), default_model=model_names[0])
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
@@ -573,7 +633,7 @@ async def serve(args: argparse.Namespace, options: Options) -> None:
     host, _, port = args.listen.rpartition(":")
     names = [m.strip() for m in args.model_names.split(",") if m.strip()] or ["mock-model"]
     sockets = bind_sockets(int(port), host or "127.0.0.1", backlog=4096)
-    server = HTTPServer(make_app(options, names), xheaders=False)
+    server = HTTPServer(MockServer(make_mock(options, names)), xheaders=False)
     server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

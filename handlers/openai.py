@@ -72,6 +72,8 @@ class ProxyHandler(BaseHandler):
             self.streaming = self.call.stream
             await Relay(self.gateway, self.call, self).run()
         except GatewayError as err:
+            if self.call is not None:
+                err.headers["X-Request-Id"] = self.call.request_id
             self.send_gateway_error(err)
 
     def on_connection_close(self) -> None:

@@ -186,17 +186,24 @@ def _error_message(body: bytes) -> str:
     return ""
 
 
-def upstream_status_error(status: int, body: bytes) -> GatewayError:
-    """Map an upstream error status: client errors pass through, server errors become 502/503/504."""
+def upstream_status_error(status: int, body: bytes, retry_after: str | None = None) -> GatewayError:
+    """Map an upstream error status: client errors pass through, server errors become 502/503/504.
+
+    The upstream's 401/403 would blame the client's key for the gateway's upstream secret, so
+    they count as upstream failures. A Retry-After from the upstream is passed on.
+    """
     message = _error_message(body)
     if 400 <= status < 500 and status not in (401, 403, 407):
         err = GatewayError(status, message or f"The upstream refused the request ({status}).",
                            "invalid_request_error" if status != 429 else "rate_limit_error", "upstream_" + str(status))
-        return err
-    if status in (503, 504):
+    elif status in (503, 504):
         text = f"The upstream is unavailable ({status}). {message}".strip()
-        return upstream_failure(status, text, f"upstream_{status}")
-    return upstream_failure(502, f"The upstream failed ({status}). {message}".strip(), "upstream_error")
+        err = upstream_failure(status, text, f"upstream_{status}")
+    else:
+        err = upstream_failure(502, f"The upstream failed ({status}). {message}".strip(), "upstream_error")
+    if retry_after and retry_after.strip().isdigit():
+        err.headers["Retry-After"] = retry_after.strip()
+    return err
 
 
 def transport_error(response: HTTPResponse) -> GatewayError:
@@ -301,7 +308,8 @@ class Relay:
         assert meter is not None
         err = self._failure(response)
         if not self.started_client:
-            err = err or upstream_status_error(response.code, b"".join(self.error_body))
+            retry_after = next((v for k, v in self.headers_in if k.lower() == "retry-after"), None)
+            err = err or upstream_status_error(response.code, b"".join(self.error_body), retry_after)
             self._settle(err.status, "")
             raise err
         tail = meter.finish()
@@ -316,7 +324,7 @@ class Relay:
         err = self._failure(response)
         body = response.body or b""
         if err is None and not 200 <= response.code < 300:
-            err = upstream_status_error(response.code, body)
+            err = upstream_status_error(response.code, body, response.headers.get("Retry-After"))
         obj: Any = None
         if err is None and ("json" in response.headers.get("Content-Type", "") or self.call.endpoint in REQUIRED):
             try:

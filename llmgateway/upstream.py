@@ -8,6 +8,7 @@ an upstream that goes silent mid-stream is cut after `upstream.idle_timeout` sec
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,38 @@ CONNECT_ERRORS = {pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST}
 TIMEOUT_ERRORS = {pycurl.E_OPERATION_TIMEDOUT}
 ABORTED = pycurl.E_ABORTED_BY_CALLBACK
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+
+
+class _Progress:
+    """libcurl's progress callback: aborts a transfer whose client left, or that went silent.
+
+    libcurl calls it on every chunk and once a second while idle (see `prepare`); a non-zero return aborts
+    the transfer. Idle is judged on received bytes (libcurl's own low-speed limit averages over
+    several seconds and cut a 1 s idle limit only after about 7 s). It applies to streams only:
+    a non-streaming upstream is silent until its whole answer is ready.
+    """
+
+    __slots__ = ("cancelled", "idle", "idle_cut", "last_bytes", "last_change")
+
+    def __init__(self, cancelled: Callable[[], bool], idle: float) -> None:
+        self.cancelled = cancelled
+        self.idle = idle
+        self.idle_cut = False
+        self.last_bytes = 0
+        self.last_change = time.monotonic()
+
+    def __call__(self, _dltotal: int, dlnow: int, _ultotal: int, _ulnow: int) -> int:
+        if self.cancelled():
+            return 1
+        if self.idle:
+            now = time.monotonic()
+            if dlnow != self.last_bytes:
+                self.last_bytes = dlnow
+                self.last_change = now
+            elif now - self.last_change > self.idle:
+                self.idle_cut = True
+                return 1
+        return 0
 
 
 class UpstreamClient:
@@ -48,14 +81,18 @@ class UpstreamClient:
         arrive after the first chunks). It replaces Tornado's header parsing, so a response
         fetched with it has no `.headers`.
         """
-        idle = int(self.config.idle_timeout)
+        idle = self.config.idle_timeout if streaming_callback else 0.0
+        watch = _Progress(cancelled, idle)
+        wake_window = max(1, int(idle or self.config.request_timeout))
 
         def prepare(curl: pycurl.Curl) -> None:
             curl.setopt(pycurl.NOPROGRESS, 0)
-            curl.setopt(pycurl.XFERINFOFUNCTION, lambda *_: 1 if cancelled() else 0)
-            if idle > 0:
-                curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-                curl.setopt(pycurl.LOW_SPEED_TIME, idle)
+            curl.setopt(pycurl.XFERINFOFUNCTION, watch)
+            # libcurl only runs its speed check (and so the progress callback) every second
+            # while a transfer is idle if a low-speed limit is set; its own cut comes later
+            # than ours and is reported as a timeout too.
+            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            curl.setopt(pycurl.LOW_SPEED_TIME, wake_window)
             if header_line is not None:
                 curl.setopt(pycurl.HEADERFUNCTION, header_line)
 
@@ -75,7 +112,10 @@ class UpstreamClient:
         try:
             return await self.http.fetch(request, raise_error=False)
         except CurlError as exc:
-            return HTTPResponse(request, 599, error=exc)
+            error = exc
+            if watch.idle_cut:
+                error = CurlError(pycurl.E_OPERATION_TIMEDOUT, f"upstream sent nothing for {watch.idle:.0f} s")
+            return HTTPResponse(request, 599, error=error)
 
     async def post_json(self, url: str, obj: Any, secret: str, timeout: float = 30.0) -> tuple[int, Any]:
         """A small JSON call made off the hot path (tokenize endpoints); (status, parsed or None)."""
