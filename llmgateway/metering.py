@@ -119,7 +119,8 @@ class StreamMeter:
 
     def _scan(self, block: bytes) -> bytes:
         """Look at each complete event in `block`; return the block minus a stripped usage chunk."""
-        if USAGE_MARK not in block:
+        marks = block.count(USAGE_MARK)
+        if not marks or marks == sum(block.count(m) for m in NULL_USAGE_MARKS):
             self._keep_raw(block)
             return block
         sep = b"\r\n\r\n" if b"\r\n\r\n" in block else b"\n\n"
