@@ -42,6 +42,7 @@ def new_request_id() -> str:
     """Unique across processes (random per-process prefix) and cheap (a counter)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
+
 DROP_REQUEST_HEADERS = frozenset(
     h.lower()
     for h in (
@@ -50,13 +51,7 @@ DROP_REQUEST_HEADERS = frozenset(
         "Accept-Encoding", "Expect", "X-Api-Key", "Api-Key",
     )
 )
-DROP_RESPONSE_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding", "Trailer", "Upgrade",
-        "Proxy-Authenticate", "WWW-Authenticate", "Set-Cookie", "Server", "Date", "Content-Encoding",
-    )
-)
+RELAYED_RESPONSE_HEADERS = frozenset(("content-type", "cache-control"))
 
 
 class Sink(Protocol):
@@ -163,13 +158,6 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_heade
     return call
 
 
-def response_headers(upstream_headers: Any, request_id: str) -> list[tuple[str, str]]:
-    """Upstream response headers fit to relay: no hop-by-hop, cookies or auth challenges."""
-    out = [(k, v) for k, v in upstream_headers.get_all() if k.lower() not in DROP_RESPONSE_HEADERS]
-    out.append(("X-Request-Id", request_id))
-    return out
-
-
 def _error_message(body: bytes) -> str:
     try:
         obj = json.loads(body)
@@ -223,7 +211,7 @@ class Relay:
         self.call = call
         self.sink = sink
         self.status = 0
-        self.headers_in: list[tuple[str, str]] = []
+        self.headers_in: dict[str, str] = {}
         self.started_client = False
         self.error_body: list[bytes] = []
         self.meter = StreamMeter(call.strip_usage) if call.stream else None
@@ -256,12 +244,11 @@ class Relay:
     async def _fetch(self, upstream: UpstreamState) -> HTTPResponse:
         url = upstream.url + self.call.endpoint
         self.status = 0
-        self.headers_in = []
-        if not self.call.stream:
-            return await self.gw.upstream.fetch(url, self.call.payload, self.call.headers, self._cancelled)
+        self.headers_in = {}
+        chunks = self._on_chunk if self.call.stream else None
         return await self.gw.upstream.fetch(
-            url, self.call.payload, self.call.headers, self._cancelled,
-            streaming_callback=self._on_chunk, header_line=self._on_header,
+            url, self.call.payload, self.call.headers, self._cancelled, streaming_callback=chunks,
+            header_line=self._on_header,
         )
 
     def _cancelled(self) -> bool:
@@ -273,10 +260,17 @@ class Relay:
         if line.startswith("HTTP/"):
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
-            self.headers_in = []
+            self.headers_in = {}
         elif ":" in line and not line[0].isspace():
             name, _, value = line.partition(":")
-            self.headers_in.append((name.strip(), value.strip()))
+            self.headers_in[name.strip().lower()] = value.strip()
+
+    def _relayed_headers(self) -> list[tuple[str, str]]:
+        """Only content headers go back: the upstream's others (rate limits of the gateway's
+        upstream key, cookies, auth challenges, server identity) are not the client's business."""
+        headers = [(k, v) for k, v in self.headers_in.items() if k in RELAYED_RESPONSE_HEADERS]
+        headers.append(("X-Request-Id", self.call.request_id))
+        return headers
 
     def _on_chunk(self, data: bytes) -> None:
         if not 200 <= self.status < 300:
@@ -285,9 +279,7 @@ class Relay:
             return
         if not self.started_client:
             self.started_client = True
-            headers = [(k, v) for k, v in self.headers_in if k.lower() not in DROP_RESPONSE_HEADERS]
-            headers.append(("X-Request-Id", self.call.request_id))
-            self.sink.start(self.status, headers)
+            self.sink.start(self.status, self._relayed_headers())
         assert self.meter is not None
         out = self.meter.feed(data)
         if out:
@@ -308,7 +300,7 @@ class Relay:
         assert meter is not None
         err = self._failure(response)
         if not self.started_client:
-            retry_after = next((v for k, v in self.headers_in if k.lower() == "retry-after"), None)
+            retry_after = self.headers_in.get("retry-after")
             err = err or upstream_status_error(response.code, b"".join(self.error_body), retry_after)
             self._settle(err.status, "")
             raise err
@@ -324,9 +316,9 @@ class Relay:
         err = self._failure(response)
         body = response.body or b""
         if err is None and not 200 <= response.code < 300:
-            err = upstream_status_error(response.code, body, response.headers.get("Retry-After"))
+            err = upstream_status_error(response.code, body, self.headers_in.get("retry-after"))
         obj: Any = None
-        if err is None and ("json" in response.headers.get("Content-Type", "") or self.call.endpoint in REQUIRED):
+        if err is None and ("json" in self.headers_in.get("content-type", "") or self.call.endpoint in REQUIRED):
             try:
                 obj = json.loads(body)
             except (ValueError, UnicodeDecodeError):
@@ -334,7 +326,7 @@ class Relay:
         if err is not None:
             self._settle(err.status, "")
             raise err
-        self.sink.start(response.code, response_headers(response.headers, self.call.request_id))
+        self.sink.start(response.code, self._relayed_headers())
         self.sink.send(body)
         self.sink.end()
         self._settle(response.code, choice_text(obj), find_usage(obj))
