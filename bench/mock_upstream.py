@@ -21,6 +21,8 @@ Deterministic tokenizer, which the gateway's tests rely on:
   vLLM does); a missing or null content renders as ``""``.
 - Completion prompts: ``tokens(prompt)``, summed over a list of strings (a list of token ids
   counts its length). Embedding inputs likewise.
+- ``--bos N`` (default 0) imitates llama-cpp-python's BOS token: N more tokens in every prompt's
+  usage and in every ``/extras/tokenize/count`` answer, never in the completion.
 - The completion text is ``"w0 w1 ... w<N-1>"``, so ``completion_tokens = N``: ``tokens``, capped
   by the request's ``max_tokens`` and ``max_completion_tokens``. ``finish_reason`` is ``"length"``
   when a cap cut it short, else ``"stop"``.
@@ -166,6 +168,7 @@ class Options:
     status: int = 503
     api_key: str | None = None
     name: str = "mock"
+    bos: int = 0
 
     def override(self, raw: Any) -> Options:
         """These options changed by a request's "mock" object; ValueError names a bad entry."""
@@ -190,7 +193,7 @@ def check_option(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{key} must be a number >= 0")
         return float(value)
-    if key in ("tokens", "die_after"):
+    if key in ("tokens", "die_after", "bos"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be an integer >= 0")
         return value
@@ -392,7 +395,7 @@ class Exchange(httputil.HTTPMessageDelegate):
         if self.opts.tokenize != "llamacpp" or not isinstance(self.body, dict):
             self.answer(404, NOT_FOUND)
             return
-        n = text_tokens(self.body.get("input"))
+        n = text_tokens(self.body.get("input")) + self.opts.bos
         self.answer(200, dumps({"count": n} if count_only else {"tokens": list(range(n))}))
 
     def inference(self) -> None:
@@ -442,14 +445,14 @@ class Exchange(httputil.HTTPMessageDelegate):
         return n, "length" if n < self.opts.tokens else "stop"
 
     def prompt_tokens(self) -> int:
-        """The prompt's tokens by the documented rule for the endpoint."""
+        """The prompt's tokens by the documented rule for the endpoint, plus `bos`."""
         if self.path == CHAT:
             messages = self.body.get("messages")
-            return tokens(render(messages)) if isinstance(messages, list) else 0
+            return (tokens(render(messages)) if isinstance(messages, list) else 0) + self.opts.bos
         if self.path == COMPLETIONS:
-            return text_tokens(self.body.get("prompt"))
+            return text_tokens(self.body.get("prompt")) + self.opts.bos
         if self.path == EMBEDDINGS:
-            return text_tokens(self.body.get("input"))
+            return text_tokens(self.body.get("input")) + self.opts.bos
         return tokens(json.dumps(self.body))
 
     def model(self) -> str:
@@ -619,6 +622,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <this>' [none]")
     p.add_argument("--name", default="mock", help="echoed in x-mock-name and system_fingerprint [mock]")
     p.add_argument("--model-names", default="mock-model", help="comma list for GET /v1/models [mock-model]")
+    p.add_argument("--bos", type=int, default=0,
+                   help="tokens a BOS adds to every prompt and llamacpp tokenize count, as llama-cpp-python [0]")
     args = p.parse_args(argv)
     raw = {name: getattr(args, name) for name in OPTION_NAMES}
     try:

@@ -140,6 +140,19 @@ def test_streams_without_a_usage_chunk_are_counted_exactly(start_mock, start_gat
     assert (completion["prompt_tokens"], completion["completion_tokens"], completion["estimated"]) == (4, 3, 0)
 
 
+def test_llama_cpp_bos_token_is_not_counted_in_the_completion(start_mock, start_gateway) -> None:
+    """llama-cpp-python's tokenizer adds BOS to every count; generated text has none."""
+    mock = start_mock("--usage-chunk", "off", "--tokenize", "llamacpp", "--bos", "1")
+    gw = start_gateway(model_toml("m", [mock.url]))
+    client = gw.client(gw.create_key())
+    list(client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=5, stream=True))
+    list(client.completions.create(model="m", prompt="The quick brown fox", max_tokens=3, stream=True))
+    events = {e["endpoint"]: e for e in gw.wait_events(2)}
+    assert (events["/v1/chat/completions"]["prompt_tokens"], events["/v1/chat/completions"]["completion_tokens"]) == (
+        chat_prompt_tokens(MESSAGES) + 1, 5)
+    assert (events["/v1/completions"]["prompt_tokens"], events["/v1/completions"]["completion_tokens"]) == (5, 3)
+
+
 def test_without_usage_or_tokenizer_the_event_is_marked_estimated(start_mock, start_gateway) -> None:
     mock = start_mock("--usage-chunk", "off", "--usage-body", "off", "--tokenize", "none")
     gw = start_gateway(model_toml("m", [mock.url], usage_probe=False))
