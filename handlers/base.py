@@ -48,6 +48,16 @@ class BaseHandler(RequestHandler):
             self.set_header(name, value)
         self.write_json(err.body(), err.status)
 
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """Tornado's own version logs the full URI and request repr; the query string can carry
+        a key, so only method and path are logged here."""
+        if isinstance(value, HTTPError):
+            if value.log_message:
+                detail = value.log_message % value.args if value.args else value.log_message
+                log.warning("%d %s %s: %s", value.status_code, self.request.method, self.request.path, detail)
+            return
+        log.error("uncaught exception in %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors Tornado raises itself (405, unexpected exceptions) in the OpenAI shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -342,6 +342,17 @@ def test_unknown_path_is_404_with_a_json_error(setup) -> None:
     sentinel(gw, mock, key)
 
 
+def test_a_key_in_the_query_string_never_reaches_the_log(setup) -> None:
+    """Some clients put keys in URLs; refusals of such calls must not log them."""
+    mock, gw, key = setup()
+    for method, path in (("GET", "/v1/chat/completions"), ("POST", "/v1/chat/completions"), ("GET", "/nope")):
+        status, _, _ = raw(gw, method, f"{path}?api_key={key}", b"{" if method == "POST" else None)
+        assert status in (401, 404, 405)
+    sentinel(gw, mock, key)
+    wait_for(lambda: "/nope" in gw.log(), 5, what="the access lines")
+    assert key not in gw.log() and "api_key" not in gw.log()
+
+
 # --- secrets -----------------------------------------------------------------------------------------------
 
 
