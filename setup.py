@@ -9,12 +9,12 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["llmgateway", "llmgateway.*", "handlers", "handlers.*"]),
     install_requires=[
-        "tornado>=6.4",
+        "tornado>=6.4,<7",
         "pycurl>=7.45",
         "APScheduler>=3.10,<4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},
