@@ -59,6 +59,12 @@ def sdk_error(call: Any, exc_class: type[openai.APIStatusError], status: int, co
     return exc
 
 
+def refused_body(client: openai.OpenAI, body: Any, param: str | None) -> None:
+    """POST `body` as is to /v1/chat/completions: 400 invalid_request naming `param`."""
+    sdk_error(lambda: client.post("/chat/completions", body=body, cast_to=object),
+              openai.BadRequestError, 400, "invalid_request", param)
+
+
 def raw(gw: GatewayProcess, method: str, path: str, body: bytes | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request with exactly these bytes and headers: (status, lower-cased headers, body)."""
@@ -117,8 +123,7 @@ def test_body_that_is_not_a_json_object(setup, subtests) -> None:
     client = gw.client(key)
     for name, body in [("array", [{"model": "m"}]), ("number", 42), ("string", "model m")]:
         with subtests.test(f"JSON {name}"):
-            sdk_error(lambda body=body: client.post("/chat/completions", body=body, cast_to=object),
-                      openai.BadRequestError, 400, "invalid_request", None)
+            refused_body(client, body, None)
     sentinel(gw, mock, key)
 
 
@@ -129,8 +134,7 @@ def test_model_missing_or_not_a_string(setup, subtests) -> None:
              ("null", {"model": None, "messages": HELLO}), ("list", {"model": ["m"], "messages": HELLO})]
     for name, body in cases:
         with subtests.test(f"model {name}"):
-            sdk_error(lambda body=body: client.post("/chat/completions", body=body, cast_to=object),
-                      openai.BadRequestError, 400, "invalid_request", "model")
+            refused_body(client, body, "model")
     sentinel(gw, mock, key)
 
 
@@ -146,9 +150,7 @@ def test_stream_fields_of_the_wrong_type(setup, subtests) -> None:
     ]
     for name, extra, param in cases:
         with subtests.test(name):
-            body = {"model": "m", "messages": HELLO, **extra}
-            sdk_error(lambda body=body: client.post("/chat/completions", body=body, cast_to=object),
-                      openai.BadRequestError, 400, "invalid_request", param)
+            refused_body(client, {"model": "m", "messages": HELLO, **extra}, param)
     sentinel(gw, mock, key)
 
 
