@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import re
-import signal
 import sys
 
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPRequest
 from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
+
+from llmgateway.server import tune_gc
+
+from .serving import serve_until_signal
 
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 HEADERS = {"Content-Type": "application/json"}
@@ -83,21 +84,10 @@ def make_app(upstream: str, max_clients: int) -> Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    host, _, port = args.listen.rpartition(":")
-    sockets = bind_sockets(int(port), host or "127.0.0.1", backlog=4096)
+    """Serve until SIGTERM or SIGINT, with the gateway's garbage-collector tuning."""
     server = HTTPServer(make_app(args.upstream, args.max_clients), idle_connection_timeout=75)
-    server.add_sockets(sockets)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
-    await stop.wait()
-    server.stop()
+    tune_gc()
+    await serve_until_signal(server, args.listen)
 
 
 def main(argv: list[str] | None = None) -> int:

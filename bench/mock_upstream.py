@@ -57,7 +57,6 @@ import itertools
 import json
 import logging
 import re
-import signal
 import struct
 import sys
 import time
@@ -68,7 +67,8 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
-from tornado.netutil import bind_sockets
+
+from .serving import serve_until_signal
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MODES = ("ok", "error500", "badjson", "hang", "die", "status")
@@ -635,18 +635,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
 
 async def serve(args: argparse.Namespace, options: Options) -> None:
     """Serve until SIGTERM or SIGINT."""
-    host, _, port = args.listen.rpartition(":")
     names = [m.strip() for m in args.model_names.split(",") if m.strip()] or ["mock-model"]
-    sockets = bind_sockets(int(port), host or "127.0.0.1", backlog=4096)
     server = HTTPServer(MockServer(make_mock(options, names)), xheaders=False)
-    server.add_sockets(sockets)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
-    await stop.wait()
-    server.stop()
+    await serve_until_signal(server, args.listen)
 
 
 def main(argv: list[str] | None = None) -> int:
