@@ -9,12 +9,12 @@ install:
 
 # Install and start the gateway on the embedded defaults (SQLite file, no Redis).
 run: install
-	llmgateway serve --config $(CONFIG)
+	$(PYTHON) -m llmgateway serve --config $(CONFIG)
 
 # The same, with the project's mock upstream answering for the example model on 127.0.0.1:8001.
 demo: install
 	$(PYTHON) -m bench.mock_upstream --listen 127.0.0.1:8001 & \
-	trap 'kill $$!' EXIT INT TERM; llmgateway serve --config $(CONFIG)
+	trap 'kill $$!' EXIT INT TERM; $(PYTHON) -m llmgateway serve --config $(CONFIG)
 
 # Install what the tests need, lint, and run the whole suite (real servers on loopback).
 test:

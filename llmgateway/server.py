@@ -17,7 +17,7 @@ from tornado.httpserver import HTTPServer
 from handlers import make_app
 from handlers.openai import HARD_BODY_CAP
 
-from .config import Config
+from .config import Config, ConfigError
 from .gateway import Gateway
 from .log import log_request, quiet_access_log
 from .proxy import SHUTTING_DOWN
@@ -48,7 +48,12 @@ async def serve(config: Config) -> None:
         quiet_access_log()
     app = make_app(gateway, log_function=log_request)
     server = HTTPServer(app, max_body_size=HARD_BODY_CAP, idle_connection_timeout=75)
-    server.listen(config.server.port, config.server.host)
+    try:
+        server.listen(config.server.port, config.server.host)
+    except OSError as exc:
+        gateway.close()
+        raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
+                          f"{exc.strerror}") from None
     loop = asyncio.get_running_loop()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()

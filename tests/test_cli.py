@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 
 import pytest
@@ -75,6 +76,16 @@ def test_invalid_config_names_the_setting(gw) -> None:
     gw.config_path.write_text('[server]\nlisten = "nope"\n')
     result = gw.cli("keys", "list", check=False)
     assert result.returncode == 2 and "server.listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so(gw) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", gw.port))
+        taken.listen()
+        result = gw.cli("serve", check=False)
+    assert result.returncode == 2
+    assert f"server.listen: cannot listen on 127.0.0.1:{gw.port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_usage_table_and_json_on_an_empty_store(gw) -> None:
