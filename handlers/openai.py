@@ -70,6 +70,8 @@ class ProxyHandler(BaseHandler):
             self.call = prepare(self.gateway, key, "/v1/" + path, b"".join(self.chunks), self.request.headers)
             self.chunks = []
             self.streaming = self.call.stream
+            if self.gone:
+                self.call.cancel()
             await Relay(self.gateway, self.call, self).run()
         except GatewayError as err:
             if self.call is not None:
