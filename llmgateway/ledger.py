@@ -45,9 +45,6 @@ class UsageLedger:
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("usage buffer full (%d events): %d events dropped", self.max_events, self.dropped)
 
-    def pending(self) -> int:
-        return len(self._events)
-
     def flush(self) -> int:
         """Write buffered and spooled events to the store; return how many were written.
 

@@ -91,7 +91,6 @@ class StreamMeter:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: tuple[int, int] | None = None
-        self.error_seen = False
         self._tail = b""
         self._raw: list[bytes] = []
         self._raw_size = 0
@@ -152,11 +151,7 @@ class StreamMeter:
     def _compact(self) -> None:
         for block in self._raw:
             for event in block.replace(b"\r\n", b"\n").split(b"\n\n"):
-                obj = _event_json(event)
-                if isinstance(obj, dict):
-                    if "error" in obj:
-                        self.error_seen = True
-                    self._text_from(obj)
+                self._text_from(_event_json(event))
         self._raw = []
         self._raw_size = 0
 
