@@ -30,15 +30,25 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimate_prompt(endpoint: str, body: dict) -> int:
+    """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
+    if endpoint == "/v1/chat/completions":
+        return estimate(message_text(body.get("messages")))
+    if endpoint in ("/v1/completions", "/v1/embeddings"):
+        return sum(estimate(t) for t in prompt_texts(endpoint, body))
+    return estimate(json.dumps(body.get("input", body.get("messages", ""))))
+
+
 def estimate_usage(endpoint: str, body: dict, completion_text: str) -> tuple[int, int, bool]:
     """(prompt, completion, True): the estimate used when no tokenizer could be asked."""
-    if endpoint == "/v1/chat/completions":
-        prompt = estimate(message_text(body.get("messages")))
-    elif endpoint in ("/v1/completions", "/v1/embeddings"):
-        prompt = sum(estimate(t) for t in prompt_texts(endpoint, body))
-    else:
-        prompt = estimate(json.dumps(body.get("input", body.get("messages", ""))))
-    return prompt, estimate(completion_text), True
+    return estimate_prompt(endpoint, body), estimate(completion_text), True
+
+
+def _count(status: int, obj: Any) -> int | None:
+    """The `count` of a tokenize answer, or None if it is not one."""
+    if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+        return obj["count"]
+    return None
 
 
 def message_text(messages: Any) -> str:
@@ -85,18 +95,14 @@ class TokenCounter:
         probe: bool,
     ) -> tuple[int, int, bool]:
         """(prompt_tokens, completion_tokens, estimated)."""
-        estimated = False
+        prompt: int | None = None
         if endpoint == "/v1/chat/completions":
             prompt = await self._chat_prompt(base_url, secret, model, body, probe)
-            if prompt is None:
-                prompt, estimated = estimate(message_text(body.get("messages"))), True
         elif endpoint in ("/v1/completions", "/v1/embeddings"):
-            texts = prompt_texts(endpoint, body)
-            prompt = await self._count_texts(base_url, secret, model, texts, special=True)
-            if prompt is None:
-                prompt, estimated = sum(estimate(t) for t in texts), True
-        else:
-            prompt, estimated = estimate_usage(endpoint, body, "")[0], True
+            prompt = await self._count_texts(base_url, secret, model, prompt_texts(endpoint, body), special=True)
+        estimated = prompt is None
+        if prompt is None:
+            prompt = estimate_prompt(endpoint, body)
         completion = 0
         if completion_text:
             counted = await self._count_texts(base_url, secret, model, [completion_text], special=False)
@@ -110,14 +116,13 @@ class TokenCounter:
         if known and (known[0] != NONE or time.monotonic() - known[1] < RELEARN_AFTER):
             return known[0]
         style = NONE
-        status, obj = await self.post_json(f"{base_url}/tokenize", {"model": model, "prompt": "a"}, secret)
-        if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+        if _count(*await self.post_json(f"{base_url}/tokenize", {"model": model, "prompt": "a"}, secret)) is not None:
             style = VLLM
         else:
-            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": ""}, secret)
-            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
+            bos = _count(*await self.post_json(f"{base_url}/extras/tokenize/count", {"input": ""}, secret))
+            if bos is not None:
                 style = LLAMACPP
-                self._bos[base_url] = obj["count"]
+                self._bos[base_url] = bos
         self._styles[base_url] = (style, time.monotonic())
         return style
 
@@ -125,16 +130,13 @@ class TokenCounter:
         style = await self._style(base_url, secret, model)
         if style == VLLM:
             req = {"model": model, "prompt": text, "add_special_tokens": special}
-            status, obj = await self.post_json(f"{base_url}/tokenize", req, secret)
-        elif style == LLAMACPP:
-            status, obj = await self.post_json(f"{base_url}/extras/tokenize/count", {"input": text}, secret)
-            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int) and not special:
+            return _count(*await self.post_json(f"{base_url}/tokenize", req, secret))
+        if style == LLAMACPP:
+            counted = _count(*await self.post_json(f"{base_url}/extras/tokenize/count", {"input": text}, secret))
+            if counted is not None and not special:
                 # llama-cpp-python always adds BOS; generated text has none, so take it off again.
-                return max(obj["count"] - self._bos.get(base_url, 0), 0)
-        else:
-            return None
-        if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
-            return obj["count"]
+                return max(counted - self._bos.get(base_url, 0), 0)
+            return counted
         return None
 
     async def _count_texts(
@@ -155,9 +157,10 @@ class TokenCounter:
         if not isinstance(messages, list):
             return None
         if await self._style(base_url, secret, model) == VLLM:
-            status, obj = await self.post_json(f"{base_url}/tokenize", {"model": model, "messages": messages}, secret)
-            if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
-                return obj["count"]
+            req = {"model": model, "messages": messages}
+            counted = _count(*await self.post_json(f"{base_url}/tokenize", req, secret))
+            if counted is not None:
+                return counted
         if not probe:
             return None
         probe_body = {"model": model, "messages": messages, "max_tokens": 1, "stream": False}
