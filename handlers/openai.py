@@ -5,7 +5,7 @@ from __future__ import annotations
 from tornado.web import stream_request_body
 
 from llmgateway.errors import GatewayError
-from llmgateway.proxy import Call, Relay, prepare
+from llmgateway.proxy import Call, Relay, authorize_model, prepare
 
 from .base import BaseHandler
 
@@ -22,12 +22,7 @@ class ModelsHandler(BaseHandler):
                 data = [_model(r.model.id) for r in self.gateway.router.visible() if key.allows(r.model.id)]
                 self.write_json({"object": "list", "data": data})
                 return
-            if self.gateway.router.get(model_id) is None:
-                raise GatewayError(404, f"The model '{model_id}' does not exist.", "invalid_request_error",
-                                   "model_not_found", "model")
-            if not key.allows(model_id):
-                raise GatewayError(403, f"This API key may not use the model '{model_id}'.", "permission_error",
-                                   "model_not_allowed", "model")
+            authorize_model(self.gateway, key, model_id)
             self.write_json(_model(model_id))
         except GatewayError as err:
             self.send_gateway_error(err)

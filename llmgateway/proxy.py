@@ -127,10 +127,8 @@ def validate(endpoint: str, body: dict) -> tuple[str, bool]:
     return model, stream
 
 
-def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_headers: Any) -> Call:
-    """Parse, validate, authorize and route one request."""
-    body = parse_body(raw)
-    model, stream = validate(endpoint, body)
+def authorize_model(gw: Gateway, key: KeyRecord, model: str) -> Route:
+    """The route of a model this key may use; 404 for an unknown model, 403 for one not allowed."""
     route = gw.router.get(model)
     if route is None:
         raise GatewayError(404, f"The model '{model}' does not exist.", "invalid_request_error",
@@ -138,6 +136,14 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_heade
     if not key.allows(model):
         raise GatewayError(403, f"This API key may not use the model '{model}'.", "permission_error",
                            "model_not_allowed", "model")
+    return route
+
+
+def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_headers: Any) -> Call:
+    """Parse, validate, authorize and route one request."""
+    body = parse_body(raw)
+    model, stream = validate(endpoint, body)
+    route = authorize_model(gw, key, model)
     changed = False
     if route.model.target_model != model:
         body["model"] = route.model.target_model
