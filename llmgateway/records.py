@@ -19,12 +19,27 @@ class KeyRecord:
     active: bool = True
     last_used: float | None = None
     models: list[str] = field(default_factory=list)
+    limits: dict[str, float] = field(default_factory=dict)
 
     def usable(self, now: float) -> bool:
         return self.active and (self.expires is None or now < self.expires)
 
     def allows(self, model_id: str) -> bool:
         return not self.models or model_id in self.models
+
+
+@dataclass
+class UserRecord:
+    """A person, as the IdP names them; `limits` overrides the configured defaults for them."""
+
+    username: str
+    display_name: str = ""
+    email: str = ""
+    is_admin: bool = False
+    created: float = 0.0
+    last_login: float | None = None
+    agreement_version: str | None = None
+    limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from .base import Store, StoreError, UsageRow
+from .base import BUCKETS, DailyRow, RollupRow, Store, StoreError, UsageRow
 
 
 def open_store(url: str) -> Store:
@@ -22,4 +22,4 @@ def open_store(url: str) -> Store:
     raise StoreError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")
 
 
-__all__ = ["Store", "StoreError", "UsageRow", "open_store"]
+__all__ = ["BUCKETS", "DailyRow", "RollupRow", "Store", "StoreError", "UsageRow", "open_store"]
