@@ -81,6 +81,12 @@ class Gateway:
         self.last_used[record.id] = now
         return record
 
+    async def revoke_key(self, key_id: str) -> KeyRecord | None:
+        """Revoke in the store and drop the key from this process's cache at once."""
+        record = await self.in_thread(self.store.revoke_key, key_id)
+        self.keys.drop_key_id(key_id)
+        return record
+
     def begin(self, call: Any = None) -> None:
         """A call (or its settlement) starts; shutdown waits for it."""
         self.in_flight += 1
