@@ -4,27 +4,57 @@ from __future__ import annotations
 
 from typing import Any
 
-from tornado.web import Application
+from tornado.web import Application, StaticFileHandler
 
 from llmgateway.gateway import Gateway
+from llmgateway.portal import Portal
 
+from . import portal as portal_door
+from . import saml
 from .base import NotFoundHandler
 from .health import HealthHandler, ReadyHandler
 from .openai import ModelsHandler, ProxyHandler
 
 
-def make_app(gateway: Gateway, **settings: Any) -> Application:
-    """All routes of the gateway."""
+def make_app(gateway: Gateway, portal: Portal | None = None, **settings: Any) -> Application:
+    """All routes of the gateway; the portal's and SAML's only when the portal is enabled."""
     args = {"gateway": gateway}
-    return Application(
-        [
-            (r"/healthz", HealthHandler, args),
-            (r"/readyz", ReadyHandler, args),
-            (r"/v1/models", ModelsHandler, args),
-            (r"/v1/models/(.+)", ModelsHandler, args),
-            (r"/v1/(.+)", ProxyHandler, args),
-        ],
-        default_handler_class=NotFoundHandler,
-        default_handler_args=args,
-        **settings,
-    )
+    routes: list[tuple] = [
+        (r"/healthz", HealthHandler, args),
+        (r"/readyz", ReadyHandler, args),
+        (r"/v1/models", ModelsHandler, args),
+        (r"/v1/models/(.+)", ModelsHandler, args),
+        (r"/v1/(.+)", ProxyHandler, args),
+    ]
+    if portal is not None:
+        routes += portal_routes(gateway, portal)
+        settings.update(xsrf_cookies=True,
+                        xsrf_cookie_kwargs={"secure": portal.config.secure_cookies, "samesite": "Strict"})
+    return Application(routes, default_handler_class=NotFoundHandler, default_handler_args=args, **settings)
+
+
+def portal_routes(gateway: Gateway, portal: Portal) -> list[tuple]:
+    args = {"gateway": gateway, "portal": portal}
+    routes: list[tuple] = [
+        (r"/", portal_door.RootHandler, args),
+        (r"/portal", portal_door.PortalPageHandler, args),
+        (r"/portal/logged-out", portal_door.LoggedOutHandler, args),
+        (r"/portal/logout", saml.LogoutHandler, args),
+        (r"/portal/api/me", portal_door.MeHandler, args),
+        (r"/portal/api/terms", portal_door.TermsHandler, args),
+        (r"/portal/api/keys", portal_door.KeysHandler, args),
+        (r"/portal/api/keys/([A-Za-z0-9_-]{1,64})", portal_door.KeyHandler, args),
+        (r"/portal/api/usage", portal_door.UsageHandler, args),
+        (r"/static/(portal\.(?:css|js))", StaticFileHandler, {"path": str(portal_door.STATIC)}),
+    ]
+    if portal.config.dev_login:
+        routes.append((r"/portal/dev-login", portal_door.DevLoginHandler, args))
+    else:
+        routes += [
+            (r"/saml/metadata", saml.MetadataHandler, args),
+            (r"/saml/login", saml.LoginHandler, args),
+            (r"/saml/acs", saml.AcsHandler, args),
+            (r"/saml/logout", saml.LogoutHandler, args),
+            (r"/saml/sls", saml.SlsHandler, args),
+        ]
+    return routes

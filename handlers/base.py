@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
 from llmgateway.errors import GatewayError, error_body
 from llmgateway.gateway import Gateway
+from llmgateway.portal import Portal, Session
+from llmgateway.sessions import SESSION_COOKIE
 
 log = logging.getLogger("llmgateway.handlers")
 
@@ -32,6 +35,11 @@ class BaseHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+
+    def check_xsrf_cookie(self) -> None:
+        """The API door authenticates with a bearer key, which a browser never adds by itself, so
+        a cross-site form cannot act for anyone here: no XSRF token is asked for. Handlers that
+        trust the session cookie check it (see `SessionHandler`)."""
 
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -78,3 +86,68 @@ class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         self.send_gateway_error(GatewayError(404, f"Unknown path {self.request.path!r}.", "invalid_request_error",
                                              "unknown_path"))
+
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+class SessionHandler(BaseHandler):
+    """What the portal and SAML handlers share: the person behind the session cookie, cookie
+    settings, the XSRF check, and pages for errors (as JupyterHub's base handler does)."""
+
+    portal: Portal
+    session: Session | None = None
+
+    def initialize(self, gateway: Gateway, portal: Portal) -> None:  # type: ignore[override]
+        self.gateway = gateway
+        self.portal = portal
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    def check_xsrf_cookie(self) -> None:
+        """Every state-changing request of a logged-in browser carries the XSRF token."""
+        RequestHandler.check_xsrf_cookie(self)
+
+    async def prepare(self) -> None:
+        self.session = await self.portal.session(self.get_cookie(SESSION_COOKIE))
+        if self.session is not None:
+            self.current_user = self.session.user
+
+    def get_template_path(self) -> str:
+        return str(TEMPLATES)
+
+    def path(self, path: str) -> str:
+        """A path of this site as the browser sees it (under `portal.public_url`'s prefix)."""
+        return self.portal.config.base_path + path
+
+    def set_private_cookie(self, name: str, value: str, expires: float, same_site: str = "Lax") -> None:
+        self.set_cookie(name, value, expires=expires, path=self.path("/") or "/", httponly=True,
+                        secure=self.portal.config.secure_cookies, samesite=same_site)
+
+    def clear_private_cookie(self, name: str) -> None:
+        self.clear_cookie(name, path=self.path("/") or "/")
+
+    def render_page(self, template: str, status: int = 200, **values: Any) -> None:
+        """A server-rendered page (autoescaped), marked loudly when the development login is on."""
+        self.set_status(status)
+        self.render(template, title=self.portal.config.title, dev_login=self.portal.config.dev_login,
+                    base=self.portal.config.base_path, **values)
+
+    def message_page(self, status: int, heading: str, message: str, link: str = "", link_text: str = "") -> None:
+        self.render_page("message.html", status, heading=heading, message=message, link=link, link_text=link_text)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Pages answer errors with a page; the JSON API (see `JsonHandler`) with a JSON error."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 403 and isinstance(exc, HTTPError) and "xsrf" in (exc.log_message or "").lower():
+            message = "This form has expired or did not come from this site. Go back, reload the page and try again."
+        elif status_code >= 500:
+            message = "Something went wrong on our side. Try again in a moment."
+        else:
+            message = self._reason
+        self.message_page(status_code, f"{status_code} {self._reason}", message, self.path("/portal"), "Back")

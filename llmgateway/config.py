@@ -12,8 +12,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .portal_config import PortalConfig
 
 MODEL_KINDS = ("chat", "completion", "embedding")
 
@@ -23,6 +26,7 @@ ENV_OVERRIDES = {
     "LLMGW_SPOOL_DIR": ("usage", "spool_dir"),
     "LLM_DEFAULT_URL": ("upstream", "default_url"),
     "LLMGW_DEFAULT_URL": ("upstream", "default_url"),
+    "LLMGW_PUBLIC_URL": ("portal", "public_url"),
 }
 
 
@@ -97,6 +101,7 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     models: tuple[ModelConfig, ...] = ()
     source: str = "<defaults>"
+    portal: PortalConfig | None = None
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -122,7 +127,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
 
 def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Turn a parsed TOML document into a validated `Config`."""
-    known = {"server", "upstream", "store", "keys", "usage", "models"}
+    known = {"server", "upstream", "store", "keys", "usage", "models", "portal", "saml"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
@@ -186,7 +191,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         if m.id in seen:
             raise ConfigError(f"models: id {m.id!r} appears twice")
         seen.add(m.id)
-    return Config(server, upstream, store_url, keys, usage, models, source)
+    from .portal_config import parse_portal  # imported here: it builds on this module's helpers
+
+    return Config(server, upstream, store_url, keys, usage, models, source, portal=parse_portal(raw, server))
 
 
 def parse_listen(value: Any) -> tuple[str, int]:

@@ -7,6 +7,7 @@ Each job runs at most one instance at a time (`max_instances=1`), missed runs ar
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -27,4 +28,10 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
         next_run_time=datetime.now(),
     )
     scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", max_instances=1, coalesce=True)
+
+    async def purge_claims() -> None:
+        """Forget used SAML assertion IDs and logged-out sessions once they could no longer be used."""
+        await gateway.in_thread(gateway.store.purge_claims, time.time())
+
+    scheduler.add_job(purge_claims, "interval", hours=1, id="claims-purge", max_instances=1, coalesce=True)
     return scheduler

@@ -20,6 +20,7 @@ from handlers.openai import HARD_BODY_CAP
 from .config import Config, ConfigError
 from .gateway import Gateway
 from .log import log_request, quiet_access_log
+from .portal import Portal
 from .proxy import SHUTTING_DOWN
 from .scheduler import make_scheduler
 from .store import open_store
@@ -46,7 +47,12 @@ async def serve(config: Config) -> None:
     gateway = Gateway(config, store)
     if not config.server.access_log:
         quiet_access_log()
-    app = make_app(gateway, log_function=log_request)
+    try:
+        portal = await gateway.in_thread(Portal.build, gateway) if config.portal is not None else None
+    except ConfigError:
+        gateway.close()
+        raise
+    app = make_app(gateway, portal, log_function=log_request)
     server = HTTPServer(app, max_body_size=HARD_BODY_CAP, idle_connection_timeout=75)
     try:
         server.listen(config.server.port, config.server.host)

@@ -1,0 +1,182 @@
+"""The portal door: the page (static/portal.html), its JSON API, and the development login.
+
+JSON calls answer errors as `{"error": {"message", "type", "param", "code"}}`, which the page
+shows in place; state-changing calls need the XSRF token (`X-XSRFToken` header).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from tornado.web import HTTPError
+
+from llmgateway.errors import GatewayError, bad_request, error_body
+from llmgateway.portal import safe_next
+from llmgateway.sessions import SESSION_COOKIE
+
+from .base import REASONS, SessionHandler
+
+log = logging.getLogger("llmgateway.portal")
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_JSON_BODY = 64 * 1024
+
+
+class PageHandler(SessionHandler):
+    """Pages that need a logged-in person send everyone else to the login first."""
+
+    def login_url(self, next_path: str) -> str:
+        door = "/portal/dev-login" if self.portal.config.dev_login else "/saml/login"
+        return self.path(door) + "?" + urlencode({"next": next_path})
+
+
+class RootHandler(PageHandler):
+    """GET /: the portal is the site's front page."""
+
+    def get(self) -> None:
+        self.redirect(self.path("/portal"))
+
+
+class PortalPageHandler(PageHandler):
+    """GET /portal: the single-page portal (terms, keys, usage)."""
+
+    page: bytes | None = None
+
+    def get(self) -> None:
+        if self.session is None:
+            self.redirect(self.login_url("/portal"))
+            return
+        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the page's script sends back)
+        if PortalPageHandler.page is None:
+            PortalPageHandler.page = (STATIC / "portal.html").read_bytes()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(PortalPageHandler.page)
+
+
+class LoggedOutHandler(PageHandler):
+    """GET /portal/logged-out: where logout ends."""
+
+    def get(self) -> None:
+        self.message_page(200, "You are logged out", "Your session on this site has ended.",
+                          self.path("/portal"), "Log in again")
+
+
+class DevLoginHandler(PageHandler):
+    """GET/POST /portal/dev-login: log in as anyone, for trying the portal without an IdP.
+
+    Mounted only with `portal.dev_login = true`, which the configuration refuses unless the
+    gateway listens on loopback only.
+    """
+
+    def get(self) -> None:
+        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the form sends back)
+        self.render_page("dev_login.html", heading="Development login",
+                         next=safe_next(self.get_query_argument("next", None)), error="")
+
+    async def post(self) -> None:
+        username = self.get_body_argument("username", "").strip()
+        next_path = safe_next(self.get_body_argument("next", None))
+        if not username or len(username) > 200:
+            self.render_page("dev_login.html", 400, heading="Development login", next=next_path,
+                             error="Enter a username (at most 200 characters).")
+            return
+        token, claims = await self.portal.log_in(username, self.get_body_argument("display_name", "").strip()[:200],
+                                                 "", self.get_body_argument("admin", "") == "on")
+        self.set_private_cookie(SESSION_COOKIE, token, claims["exp"])
+        log.warning("development login of %s", username)
+        self.redirect(self.path(next_path), status=303)
+
+
+class JsonHandler(SessionHandler):
+    """The portal's JSON API: a session is required; errors come back as JSON for the page to show."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.session is None:
+            raise HTTPError(401, "Your session has ended; log in again.")
+
+    def fail(self, err: GatewayError) -> None:
+        self.write_json(err.body(), err.status)
+
+    def json_body(self) -> Any:
+        if len(self.request.body) > MAX_JSON_BODY:
+            raise GatewayError(413, "The request body is too large.", "invalid_request_error", "request_too_large")
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError:
+            raise bad_request("The body must be JSON.") from None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+            if "xsrf" in message.lower():
+                message = "This page is out of date or did not come from this site; reload it and try again."
+        elif status_code >= 500:
+            message = "The portal failed to handle the request; try again in a moment."
+        else:
+            message = self._reason
+        kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+        code = {401: "not_logged_in", 403: "forbidden"}.get(status_code)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(message, kind, code)))
+
+
+class MeHandler(JsonHandler):
+    """GET /portal/api/me: who is logged in, the current terms, the models and the key limit."""
+
+    def get(self) -> None:
+        assert self.session is not None
+        self.write_json(self.portal.profile(self.session.user))
+
+
+class TermsHandler(JsonHandler):
+    """POST /portal/api/terms {"version": "..."}: accept this version of the terms of use."""
+
+    async def post(self) -> None:
+        assert self.session is not None
+        try:
+            self.write_json(await self.portal.accept_terms(self.session.user, self.json_body()))
+        except GatewayError as err:
+            self.fail(err)
+
+
+class KeysHandler(JsonHandler):
+    """GET /portal/api/keys: my keys. POST {"name", "models"?, "expires_days"?}: a new key, shown once."""
+
+    async def get(self) -> None:
+        assert self.session is not None
+        self.write_json(await self.portal.list_keys(self.session.user))
+
+    async def post(self) -> None:
+        assert self.session is not None
+        try:
+            self.write_json(await self.portal.create_key(self.session.user, self.json_body()), 201)
+        except GatewayError as err:
+            self.fail(err)
+
+
+class KeyHandler(JsonHandler):
+    """DELETE /portal/api/keys/{id}: revoke one of my keys (refused by this process at once)."""
+
+    async def delete(self, key_id: str) -> None:
+        assert self.session is not None
+        try:
+            self.write_json(await self.portal.revoke_key(self.session.user, key_id))
+        except GatewayError as err:
+            self.fail(err)
+
+
+class UsageHandler(JsonHandler):
+    """GET /portal/api/usage?days=30: my tokens and cost per day and model, totals, quota."""
+
+    async def get(self) -> None:
+        assert self.session is not None
+        try:
+            self.write_json(await self.portal.usage(self.session.user, self.get_query_argument("days", None)))
+        except GatewayError as err:
+            self.fail(err)
