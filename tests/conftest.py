@@ -24,8 +24,11 @@ from typing import Any
 import openai
 import pytest
 
+from .idp import LoopbackIdP, make_key_pair
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 15.0
+SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
@@ -58,6 +61,11 @@ def http_json(method: str, url: str, body: Any = None, headers: dict | None = No
             return err.code, json.loads(raw)
         except ValueError:
             return err.code, raw
+
+
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
 
 
 @dataclass
@@ -244,3 +252,34 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     for gw in started:
         if gw.proc is not None:
             gw.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackIdP]:
+    """A pysaml2 IdP on loopback (one per test module: it starts in a second, and every test
+    starts its own login, so none depends on another's state) with three people."""
+    server = LoopbackIdP(tmp_path_factory.mktemp("idp"))
+    server.add_person("alice@example.edu", ["faculty", "member"])
+    server.add_person("root@example.edu", ["employee"], isMemberOf=["llm-admins"])
+    server.add_person("sam@example.edu", ["student", "member"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def saml_gw(start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream],
+            idp: LoopbackIdP) -> GatewayProcess:
+    """A gateway (with a mock upstream) whose portal logs in through the module's IdP, signing
+    its requests with a key of its own; the IdP is given the gateway's SP metadata."""
+    upstream = start_mock().url
+    gw = start_gateway(model_toml("test-model", [upstream]) + model_toml("other-model", [upstream]),
+                       env={"LLMGW_SESSION_SECRET": SESSION_SECRET}, run=False)
+    key, cert = make_key_pair(gw.workdir, "sp")
+    gw.config_path.write_text(gw.config_path.read_text() + (
+        f'\n[portal]\nenabled = true\npublic_url = "{gw.url}"\n'
+        f'[saml]\nidp_metadata_url = "{idp.url}/metadata"\nsp_cert_file = "{cert}"\nsp_key_file = "{key}"\n'
+        'sign_requests = true\nadmin_values = ["llm-admins"]\n'
+    ))
+    gw.start()
+    idp.trust_sp(http_text(gw.url + "/saml/metadata"))
+    return gw

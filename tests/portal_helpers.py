@@ -4,33 +4,15 @@ SAML client, and readers of the store's users."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from .conftest import GatewayProcess, model_toml
-from .idp import LoopbackIdP, Request, make_key_pair
+from .conftest import GatewayProcess
+from .idp import LoopbackIdP, Request
 
-SESSION_SECRET = "test-session-secret-0123456789abcdef"
 SESSION_COOKIE = "llmgw_session"
-
-
-def start_saml_gateway(start_gateway: Callable[..., GatewayProcess], idp: LoopbackIdP, upstream: str,
-                       saml: str = "", portal: str = "") -> GatewayProcess:
-    """A gateway whose portal logs in through `idp`, signing its requests with a key of its own."""
-    gw = start_gateway(model_toml("test-model", [upstream]) + model_toml("other-model", [upstream]),
-                       env={"LLMGW_SESSION_SECRET": SESSION_SECRET}, run=False)
-    key, cert = make_key_pair(gw.workdir, "sp")
-    gw.config_path.write_text(gw.config_path.read_text() + (
-        f'\n[portal]\nenabled = true\npublic_url = "{gw.url}"\n{portal}\n'
-        f'[saml]\nidp_metadata_url = "{idp.url}/metadata"\nsp_cert_file = "{cert}"\nsp_key_file = "{key}"\n'
-        f'sign_requests = true\nadmin_values = ["llm-admins"]\n{saml}\n'
-    ))
-    gw.start()
-    idp.trust_sp(requests.get(gw.url + "/saml/metadata", timeout=10).text)
-    return gw
 
 
 def begin_login(gw: GatewayProcess, idp: LoopbackIdP, next_path: str = "/portal") -> tuple[requests.Session, Request]:

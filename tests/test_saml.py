@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,37 +18,14 @@ from jose import jwt
 from lxml import etree
 from saml2 import samlp
 
-from .conftest import ROOT, GatewayProcess, MockUpstream, free_port
+from .conftest import ROOT, SESSION_SECRET, GatewayProcess, free_port
 from .idp import LoopbackIdP, expire
-from .portal_helpers import (
-    SESSION_SECRET,
-    begin_login,
-    post_response,
-    sets_session,
-    start_saml_gateway,
-    stored_users,
-)
+from .portal_helpers import begin_login, post_response, sets_session, stored_users
 
 NS = {"saml": "urn:oasis:names:tc:SAML:2.0:assertion", "samlp": "urn:oasis:names:tc:SAML:2.0:protocol",
       "ds": "http://www.w3.org/2000/09/xmldsig#"}
 EPPN = "urn:oid:1.3.6.1.4.1.5923.1.1.1.6"
 AFFILIATION = "urn:oid:1.3.6.1.4.1.5923.1.1.1.1"
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackIdP]:
-    server = LoopbackIdP(tmp_path_factory.mktemp("idp"))
-    server.add_person("alice@example.edu", ["faculty", "member"])
-    server.add_person("root@example.edu", ["employee"], isMemberOf=["llm-admins"])
-    server.add_person("sam@example.edu", ["student", "member"])
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def saml_gw(start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream],
-            idp: LoopbackIdP) -> GatewayProcess:
-    return start_saml_gateway(start_gateway, idp, start_mock().url)
 
 
 def _xml(saml_response: str) -> etree._Element:
