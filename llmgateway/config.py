@@ -283,9 +283,12 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisConfig:
 def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
     table = _table(raw, "jobs")
     _reject_unknown(table, "jobs", {"rollup_interval_seconds", "retention_days", "retention_interval_seconds"})
+    retention_days = _number(table, "jobs.retention_days", 90.0)
+    if 0 < retention_days < 31:
+        raise ConfigError("jobs.retention_days must be 0 (keep for ever) or >= 31: the portal shows 30 days")
     return JobsConfig(
         rollup_interval_seconds=max(1.0, _number(table, "jobs.rollup_interval_seconds", 300.0)),
-        retention_days=_number(table, "jobs.retention_days", 90.0),
+        retention_days=retention_days,
         retention_interval_seconds=max(1.0, _number(table, "jobs.retention_interval_seconds", 3600.0)),
     )
 

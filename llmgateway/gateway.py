@@ -115,7 +115,7 @@ class Gateway:
 
     def invalidated(self, kind: str, value: str) -> None:
         """A message on the invalidation channel (or a reconnect): drop what this process cached."""
-        if kind == "revoke":
+        if kind == "key":
             self.keys.drop_key_id(value)
         elif kind == "user":
             self.keys.drop_owner(value)
@@ -152,7 +152,7 @@ class Gateway:
         record = await self.in_thread(self.store.revoke_key, key_id)
         self.keys.drop_key_id(key_id)
         if record is not None and self.shared is not None:
-            await self.shared.invalidate("revoke", key_id, [record.hash])
+            await self.shared.invalidate("key", key_id, [record.hash])
         return record
 
     def settle(self, ticket: Ticket | None, event: UsageEvent | None) -> None:

@@ -108,10 +108,10 @@ return 1
 
 SEED = """
 for i = 1, #KEYS do
-  local value, until = tonumber(ARGV[(i - 1) * 2 + 1]), tonumber(ARGV[(i - 1) * 2 + 2])
+  local value, expire_at = tonumber(ARGV[(i - 1) * 2 + 1]), tonumber(ARGV[(i - 1) * 2 + 2])
   if tonumber(redis.call('GET', KEYS[i]) or '0') < value then
     redis.call('SET', KEYS[i], value)
-    redis.call('EXPIREAT', KEYS[i], until)
+    redis.call('EXPIREAT', KEYS[i], expire_at)
   end
 end
 return 1

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -28,6 +29,23 @@ CHANNEL = "llmgw:invalidate"
 KEY_CACHE = "llmgw:key:"
 EPOCH = "llmgw:epoch"
 RETRY_SECONDS = 1.0
+
+
+def announce(config: RedisConfig, kind: str, value: str, key_hashes: list[str]) -> bool:
+    """From a process without an event loop (the CLI): drop keys from every replica's cache."""
+    client = SyncRedis.from_url(config.url, socket_timeout=config.timeout_seconds,
+                                socket_connect_timeout=config.timeout_seconds)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key_hash in key_hashes:
+            pipe.delete(KEY_CACHE + key_hash)
+        pipe.publish(CHANNEL, f"{kind} {value}")
+        pipe.execute()
+    except RedisError:
+        return False
+    finally:
+        client.close()
+    return True
 
 
 def encode_identity(record: KeyRecord, owner_limits: dict[str, float]) -> str:
