@@ -13,6 +13,7 @@ setup(
         "pycurl>=7.45",
         "APScheduler>=3.10,<4",
         "pymongo>=4.6",
+        "redis>=5,<9",
     ],
     extras_require={
         "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock"],
