@@ -60,7 +60,7 @@ async def drain(limiter: Any) -> None:
     """Let a Redis limiter send its queued settlements."""
     if isinstance(limiter, RedisLimiter):
         for _ in range(100):
-            if not limiter._queue and not limiter._sending:
+            if not limiter._queue and limiter._timer is None:
                 return
             await asyncio.sleep(0.01)
 
@@ -134,6 +134,24 @@ def test_settlement_never_takes_a_budget_below_zero(run_with: Callable[[Scenario
         assert again.used == [100]
 
     run_with(scenario)
+
+
+def test_settlements_ride_on_the_next_admission_or_go_alone(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        client = Redis.from_url(redis_server.url)
+        limiter = RedisLimiter(client)
+        checks = [check("concurrent_requests", 1)]
+        first = await limiter.admit(checks, "a", 60)
+        limiter.settle(Ticket("a", checks, first, True), 1, 0)
+        assert limiter._queue, "queued, not sent yet"
+        assert (await limiter.admit(checks, "b", 60)).allowed, "the admission carried the release first"
+        assert not limiter._queue and limiter._timer is None
+        limiter.settle(Ticket("b", checks, first, True), 1, 0)
+        await drain(limiter)
+        assert await client.zcard("llmgw:lim:" + checks[0].counter) == 0, "sent alone after the delay"
+        await client.aclose()
+
+    asyncio.run(main())
 
 
 def test_redis_seed_only_raises_counters(redis_server: RedisServer) -> None:
