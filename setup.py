@@ -12,9 +12,11 @@ setup(
         "tornado>=6.4,<7",
         "pycurl>=7.45",
         "APScheduler>=3.10,<4",
+        "pymongo>=4.6",
+        "redis>=5,<9",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},

@@ -178,26 +178,55 @@ def wait_ready(children: Children, name: str, proc: subprocess.Popen) -> tuple[s
     return proc, int(line.split()[1])
 
 
-def gateway_config(workdir: Path, port: int, mock_port: int, plan: Plan) -> Path:
-    """A throw-away gateway config: SQLite store and usage spool in the work directory."""
+def gateway_config(workdir: Path, port: int, mock_port: int, plan: Plan, limits: str = "off",
+                   redis_url: str = "") -> Path:
+    """A throw-away gateway config: SQLite store and usage spool in the work directory.
+
+    With `limits` on, every call is admitted through the limiter (limits too high to refuse
+    anything), in-process or, with `redis_url`, through Redis with the shared key cache.
+    """
     path = workdir / "gateway.toml"
+    extra = ""
+    if limits != "off":
+        extra += "[limits.key]\nrequests_per_minute = 1000000000\nconcurrent_requests = 1000000\n\n"
+    if redis_url:
+        extra += f'[redis]\nurl = "{redis_url}"\n\n'
     path.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\ndrain_seconds = 1\n\n'
         f"[upstream]\nmax_clients = {max(1000, plan.streams + 50)}\n\n"
         f'[store]\nurl = "sqlite:///{workdir}/gateway.db"\n\n'
         f'[usage]\nspool_dir = "{workdir}/spool"\n\n'
+        f"{extra}"
         f'[[models]]\nid = "{MODEL}"\nupstreams = ["http://127.0.0.1:{mock_port}"]\n',
         encoding="utf-8",
     )
     return path
 
 
+def start_redis(children: Children, cpu: int | None) -> str:
+    """A throw-away redis-server (no persistence) on the client's core; returns its URL."""
+    if shutil.which("redis-server") is None:
+        raise BenchError("--limits redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    children.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], cpu, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            if conn.recv(16).startswith(b"+PONG"):
+                return f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.1)
+    raise BenchError(f"redis-server did not answer in {START_TIMEOUT:g} s")
+
+
 def start_gateway(
-    children: Children, python: str, workdir: Path, mock_port: int, plan: Plan, cpu: int | None
+    children: Children, python: str, workdir: Path, mock_port: int, plan: Plan, cpu: int | None,
+    limits: str = "off", redis_url: str = "",
 ) -> tuple[subprocess.Popen, int, str]:
     """The gateway from this repository, with a fresh key; waits for GET /healthz to answer 200."""
     port = free_port()
-    config = gateway_config(workdir, port, mock_port, plan)
+    config = gateway_config(workdir, port, mock_port, plan, limits, redis_url)
     made = subprocess.run(
         [python, "-m", "llmgateway", "keys", "create", "--config", str(config), "--user", "bench",
          "--name", "bench"],
@@ -569,6 +598,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     p.add_argument("--python-throughput", action="store_true", help="use the Python driver, not wrk")
     p.add_argument("--stand-in", action="store_true",
                    help="put a second mock where the gateway goes (checks the harness; no gateway figures)")
+    p.add_argument("--limits", choices=("off", "local", "redis"), default="off",
+                   help="admit every call through the limiter: in-process, or shared through a redis-server "
+                        "started on the client's core (with the shared key cache) [off]")
     p.add_argument("--baseline", action="store_true",
                    help="also measure bench.minimal_relay (bare Tornado + pycurl) on the gateway's core")
     which = p.add_mutually_exclusive_group()
@@ -624,7 +656,9 @@ def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[str, Any]:
             gateway, gw_port = start_mock(children, plan, gw_cpu, "stand-in")
             key = None
         else:
-            gateway, gw_port, key = start_gateway(children, python, workdir, mock_port, plan, gw_cpu)
+            redis_url = start_redis(children, client_cpu) if args.limits == "redis" else ""
+            gateway, gw_port, key = start_gateway(children, python, workdir, mock_port, plan, gw_cpu, args.limits,
+                                                  redis_url)
         say(f"mock on 127.0.0.1:{mock_port} (cpu {client_cpu}), "
             f"{'stand-in' if args.stand_in else 'gateway'} on 127.0.0.1:{gw_port} (cpu {gw_cpu})")
         say("direct to the mock:")

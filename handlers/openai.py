@@ -5,7 +5,7 @@ from __future__ import annotations
 from tornado.web import stream_request_body
 
 from llmgateway.errors import GatewayError
-from llmgateway.proxy import Call, Relay, authorize_model, prepare
+from llmgateway.proxy import Call, Relay, admit, authorize_model, prepare
 
 from .base import BaseHandler
 
@@ -17,7 +17,7 @@ class ModelsHandler(BaseHandler):
 
     async def get(self, model_id: str | None = None) -> None:
         try:
-            key = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            key, _ = await self.gateway.authenticate(self.request.headers.get("Authorization"))
             if model_id is None:
                 data = [_model(r.model.id) for r in self.gateway.router.visible() if key.allows(r.model.id)]
                 self.write_json({"object": "list", "data": data})
@@ -61,9 +61,10 @@ class ProxyHandler(BaseHandler):
             if self.size > self.limit:
                 raise GatewayError(413, f"The request body is larger than {self.limit} bytes.",
                                    "invalid_request_error", "request_too_large")
-            key = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            key, owner_limits = await self.gateway.authenticate(self.request.headers.get("Authorization"))
             self.call = prepare(self.gateway, key, "/v1/" + path, b"".join(self.chunks), self.request.headers)
             self.chunks = []
+            await admit(self.gateway, self.call, owner_limits)
             self.streaming = self.call.stream
             if self.gone:
                 self.call.cancel()

@@ -1,7 +1,8 @@
 """The `llmgateway` command: serve, manage keys, read usage.
 
-Key and usage commands work on the store directly, so they run beside a live gateway (SQLite is
-in WAL mode). A revoked key is refused by a running gateway within `keys.cache_ttl_seconds`.
+Key, limit and usage commands work on the store directly, so they run beside a live gateway
+(SQLite is in WAL mode). With Redis configured, a revocation or a limit change reaches every
+running replica at once; without it, within `keys.cache_ttl_seconds`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .config import Config, ConfigError, load_config
+from .config import LIMIT_NAMES, Config, ConfigError, load_config
 from .keys import make_record
+from .limits import merged
 from .log import setup_logging
-from .store import Store, StoreError, open_store
+from .shared import announce
+from .store import BUCKETS, Store, StoreError, open_store
 from .store.base import GROUPS
 
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -110,6 +113,66 @@ def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
     if record is None:
         raise CliError(f"no key with id {args.key_id!r} (see 'llmgateway keys list')")
     print(f"revoked {record.id} ({record.owner}/{record.name})", file=sys.stderr)
+    _announce(config, "key", record.id, [record.hash])
+    return 0
+
+
+def _announce(config: Config, kind: str, value: str, key_hashes: list[str]) -> None:
+    if config.redis.url and not announce(config.redis, kind, value, key_hashes):
+        print(f"warning: Redis unreachable; running gateways apply this within {config.keys.cache_ttl_seconds:g} s",
+              file=sys.stderr)
+
+
+def cmd_limits_set(args: argparse.Namespace, config: Config) -> int:
+    store = _open(config)
+    try:
+        changes = {name: float(v) for name, v in (item.split("=", 1) for item in args.limit)}
+    except ValueError:
+        raise CliError("limits are NAME=NUMBER, e.g. requests_per_minute=60 (0 = no limit)") from None
+    unknown = sorted(set(changes) - set(LIMIT_NAMES))
+    if unknown:
+        raise CliError(f"unknown limit {unknown[0]!r} (known: {', '.join(LIMIT_NAMES)})")
+    if any(v < 0 for v in changes.values()):
+        raise CliError("limits must be >= 0 (0 = no limit)")
+    if args.key:
+        found = [k for k in store.list_keys() if k.id == args.key]
+        if not found:
+            raise CliError(f"no key with id {args.key!r} (see 'llmgateway keys list')")
+        limits = {**found[0].limits, **changes}
+        store.set_key_limits(args.key, limits)
+        _announce(config, "key", args.key, [found[0].hash])
+    else:
+        user = store.get_user(args.user)
+        limits = {**(user.limits if user else {}), **changes}
+        store.set_user_limits(args.user, limits)
+        _announce(config, "user", args.user, [k.hash for k in store.list_keys(owner=args.user)])
+    print(json.dumps(limits, sort_keys=True))
+    return 0
+
+
+def cmd_limits_show(args: argparse.Namespace, config: Config) -> int:
+    store = _open(config)
+    if args.key:
+        found = [k for k in store.list_keys() if k.id == args.key]
+        if not found:
+            raise CliError(f"no key with id {args.key!r} (see 'llmgateway keys list')")
+        own, defaults = found[0].limits, config.limits.key
+    else:
+        user = store.get_user(args.user)
+        own, defaults = (user.limits if user else {}), config.limits.user
+    print(json.dumps({"defaults": defaults, "overrides": own, "effective": merged(defaults, own)}, sort_keys=True))
+    return 0
+
+
+def cmd_rollups_rebuild(args: argparse.Namespace, config: Config) -> int:
+    since = parse_time(args.since)
+    until = parse_time(args.until) if args.until else time.time()
+    if until <= since:
+        raise CliError("--until must be later than --since")
+    store = _open(config)
+    for bucket, size in BUCKETS.items():
+        written = store.rollup_usage(bucket, since // size * size, until)
+        print(f"{bucket}: {written} rows", file=sys.stderr)
     return 0
 
 
@@ -161,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("key_id", help="the key id, as 'keys list' shows it")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    limits = sub.add_parser("limits", help="per-user and per-key limit overrides").add_subparsers(
+        dest="limits", required=True)
+    for name, func, text in (("set", cmd_limits_set, "set overrides: NAME=NUMBER ... (0 = no limit)"),
+                             ("show", cmd_limits_show, "show defaults, overrides and what applies")):
+        command = limits.add_parser(name, parents=[common], help=text)
+        who = command.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", help="a user's overrides (all their keys together)")
+        who.add_argument("--key", help="a key's overrides, by key id")
+        if name == "set":
+            command.add_argument("limit", nargs="+", help=f"NAME=NUMBER; names: {', '.join(LIMIT_NAMES)}")
+        command.set_defaults(func=func)
+
+    rollups = sub.add_parser("rollups", help="hourly and daily usage rollups").add_subparsers(
+        dest="rollups", required=True)
+    rebuild = rollups.add_parser("rebuild", parents=[common], help="rebuild rollups from raw events")
+    rebuild.add_argument("--since", required=True, help="ISO date/time (UTC) or a span back from now: 7d")
+    rebuild.add_argument("--until", help="ISO date/time (UTC) or a span back from now (default: now)")
+    rebuild.set_defaults(func=cmd_rollups_rebuild)
 
     usage = sub.add_parser("usage", parents=[common], help="token usage and cost, grouped")
     usage.add_argument("--by", choices=GROUPS, default="user", help="group by (default: user)")

@@ -19,11 +19,17 @@ if TYPE_CHECKING:
     from .portal_config import PortalConfig
 
 MODEL_KINDS = ("chat", "completion", "embedding")
+LIMIT_NAMES = (
+    "requests_per_minute", "tokens_per_minute", "concurrent_requests",
+    "cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week",
+)
+MODEL_LIMIT_NAMES = LIMIT_NAMES[:3]
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
     "LLMGW_STORE_URL": ("store", "url"),
     "LLMGW_SPOOL_DIR": ("usage", "spool_dir"),
+    "LLMGW_REDIS_URL": ("redis", "url"),
     "LLM_DEFAULT_URL": ("upstream", "default_url"),
     "LLMGW_DEFAULT_URL": ("upstream", "default_url"),
     "LLMGW_PUBLIC_URL": ("portal", "public_url"),
@@ -68,6 +74,31 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    key: dict[str, float] = field(default_factory=dict)
+    user: dict[str, float] = field(default_factory=dict)
+    prompt_bytes_per_token: float = 1.0
+    default_max_tokens: int = 1024
+    concurrency_lease_seconds: float = 900.0
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = ""
+    on_failure: str = "local"
+    timeout_seconds: float = 0.5
+    key_cache_ttl_seconds: float = 300.0
+    reconcile_interval_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    rollup_interval_seconds: float = 300.0
+    retention_days: float = 90.0
+    retention_interval_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Upstream:
     url: str
     weight: float = 1.0
@@ -85,6 +116,11 @@ class ModelConfig:
     completion_cost_per_1k: float = 0.0
     active: bool = True
     usage_probe: bool = True
+    limits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def free(self) -> bool:
+        return not (self.prompt_cost_per_1k or self.completion_cost_per_1k)
 
     @property
     def target_model(self) -> str:
@@ -101,6 +137,9 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     models: tuple[ModelConfig, ...] = ()
     source: str = "<defaults>"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     portal: PortalConfig | None = None
 
 
@@ -127,7 +166,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
 
 def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Turn a parsed TOML document into a validated `Config`."""
-    known = {"server", "upstream", "store", "keys", "usage", "models", "portal", "saml"}
+    known = {"server", "upstream", "store", "keys", "usage", "models", "limits", "redis", "jobs", "portal", "saml"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
@@ -163,8 +202,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     store_raw = _table(raw, "store")
     _reject_unknown(store_raw, "store", {"url"})
     store_url = _str(store_raw, "store.url", "sqlite:///llmgateway.db")
-    if not store_url.startswith("sqlite:///") or len(store_url.partition("?")[0]) <= len("sqlite:///"):
-        raise ConfigError(f"store.url: {store_url!r} is not supported (use sqlite:///path/to/file.db)")
+    scheme, _, rest = store_url.partition("://")
+    sqlite_ok = scheme == "sqlite" and len(rest.partition("?")[0]) > 1 and rest.startswith("/")
+    if not sqlite_ok and not (scheme in ("mongodb", "mongodb+srv") and rest):
+        shown = store_url if scheme == "sqlite" else f"{scheme}://..."  # any other URL may carry a password
+        raise ConfigError(
+            f"store.url: {shown!r} is not supported (use sqlite:///path/to/file.db or mongodb://host:port/database)"
+        )
 
     keys_raw = _table(raw, "keys")
     _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds"})
@@ -193,7 +237,67 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         seen.add(m.id)
     from .portal_config import parse_portal  # imported here: it builds on this module's helpers
 
-    return Config(server, upstream, store_url, keys, usage, models, source, portal=parse_portal(raw, server))
+    return Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
+                  _parse_jobs(raw), parse_portal(raw, server))
+
+
+def parse_limit_values(raw: Any, where: str, allowed: tuple[str, ...] = LIMIT_NAMES) -> dict[str, float]:
+    """A table of limits (0 = none), as in [limits.key], [limits.user] and a model's `limits`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table of limits")
+    _reject_unknown(raw, where, set(allowed))
+    return {name: _number(raw, f"{where}.{name}", 0.0) for name in raw}
+
+
+def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
+    table = _table(raw, "limits")
+    _reject_unknown(table, "limits", {"key", "user", "prompt_bytes_per_token", "default_max_tokens",
+                                      "concurrency_lease_seconds"})
+    per_token = _number(table, "limits.prompt_bytes_per_token", 1.0)
+    if per_token < 1:
+        raise ConfigError(f"limits.prompt_bytes_per_token: {per_token!r} must be >= 1")
+    return LimitsConfig(
+        key=parse_limit_values(table.get("key", {}), "limits.key"),
+        user=parse_limit_values(table.get("user", {}), "limits.user"),
+        prompt_bytes_per_token=per_token,
+        default_max_tokens=_int(table, "limits.default_max_tokens", 1024, minimum=1),
+        concurrency_lease_seconds=_number(table, "limits.concurrency_lease_seconds", 900.0),
+    )
+
+
+def _parse_redis(raw: Mapping[str, Any]) -> RedisConfig:
+    table = _table(raw, "redis")
+    _reject_unknown(table, "redis", {"url", "on_failure", "timeout_seconds", "key_cache_ttl_seconds",
+                                     "reconcile_interval_seconds"})
+    url = _str(table, "redis.url", "")
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis.url: must start with redis://, rediss:// or unix://")
+    on_failure = _str(table, "redis.on_failure", "local")
+    if on_failure not in ("local", "refuse"):
+        raise ConfigError(f"redis.on_failure: {on_failure!r} must be 'local' or 'refuse'")
+    timeout = _number(table, "redis.timeout_seconds", 0.5)
+    if timeout <= 0:
+        raise ConfigError("redis.timeout_seconds must be > 0")
+    return RedisConfig(
+        url=url,
+        on_failure=on_failure,
+        timeout_seconds=timeout,
+        key_cache_ttl_seconds=_number(table, "redis.key_cache_ttl_seconds", 300.0),
+        reconcile_interval_seconds=max(1.0, _number(table, "redis.reconcile_interval_seconds", 30.0)),
+    )
+
+
+def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
+    table = _table(raw, "jobs")
+    _reject_unknown(table, "jobs", {"rollup_interval_seconds", "retention_days", "retention_interval_seconds"})
+    retention_days = _number(table, "jobs.retention_days", 90.0)
+    if 0 < retention_days < 31:
+        raise ConfigError("jobs.retention_days must be 0 (keep for ever) or >= 31: the portal shows 30 days")
+    return JobsConfig(
+        rollup_interval_seconds=max(1.0, _number(table, "jobs.rollup_interval_seconds", 300.0)),
+        retention_days=retention_days,
+        retention_interval_seconds=max(1.0, _number(table, "jobs.retention_interval_seconds", 3600.0)),
+    )
 
 
 def parse_listen(value: Any) -> tuple[str, int]:
@@ -220,7 +324,7 @@ def _parse_model(raw: Any, index: int, upstream: UpstreamConfig) -> ModelConfig:
         where,
         {
             "id", "upstreams", "upstream_model", "kind", "api_key_env", "api_key_file",
-            "prompt_cost_per_1k", "completion_cost_per_1k", "active", "usage_probe",
+            "prompt_cost_per_1k", "completion_cost_per_1k", "active", "usage_probe", "limits",
         },
     )
     model_id = raw.get("id")
@@ -264,6 +368,7 @@ def _parse_model(raw: Any, index: int, upstream: UpstreamConfig) -> ModelConfig:
         completion_cost_per_1k=_number(raw, f"{where}.completion_cost_per_1k", 0.0),
         active=_bool(raw, f"{where}.active", True),
         usage_probe=_bool(raw, f"{where}.usage_probe", True),
+        limits=parse_limit_values(raw.get("limits", {}), f"{where}.limits", MODEL_LIMIT_NAMES),
     )
 
 

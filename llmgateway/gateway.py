@@ -13,12 +13,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
+
+from .admission import Admission, spent_in_store
 from .config import Config, resolve_secret
 from .errors import GatewayError, unauthorized
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
+from .limits import Ticket
 from .records import KeyRecord, UsageEvent
 from .routing import Router
+from .shared import EPOCH, SharedState
 from .store import Store, StoreError
 from .tokencount import TokenCounter
 from .upstream import UpstreamClient
@@ -47,13 +52,22 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task] = set()
+        self.shared = (SharedState(config.redis, self.invalidated, self.reconcile) if config.redis.url else None)
+        self.admission = Admission(config, self.shared)
+        self.free_models = [m.id for m in config.models if m.free]
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the store pool, off the IOLoop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def authenticate(self, authorization: str | None) -> KeyRecord:
-        """The key record behind an Authorization header, or a 401 GatewayError."""
+    async def start(self) -> None:
+        """Connect to Redis (if configured) and load what was already spent into the counters."""
+        if self.shared is not None:
+            await self.shared.start()
+        await self.reconcile()
+
+    async def authenticate(self, authorization: str | None) -> tuple[KeyRecord, dict[str, float]]:
+        """The key record behind an Authorization header and its owner's limits, or a 401 GatewayError."""
         key = bearer_key(authorization)
         if key is None:
             raise unauthorized(
@@ -63,15 +77,10 @@ class Gateway:
             raise unauthorized("Incorrect API key provided.")
         key_hash = hash_key(key)
         now = time.time()
-        found, record = self.keys.get(key_hash, now)
+        found, record, owner_limits = self.keys.get(key_hash, now)
         if not found:
-            try:
-                record = await self.in_thread(self.store.key_by_hash, key_hash)
-            except StoreError:
-                log.exception("key lookup failed")
-                raise GatewayError(503, "The key store is unavailable; try again shortly.", "server_error",
-                                   "store_unavailable") from None
-            self.keys.put(key_hash, record, now)
+            record, owner_limits = await self._lookup(key_hash)
+            self.keys.put(key_hash, record, now, owner_limits)
         if record is None:
             raise unauthorized("Incorrect API key provided.")
         if not record.active:
@@ -79,13 +88,76 @@ class Gateway:
         if record.expires is not None and now >= record.expires:
             raise unauthorized("This API key has expired.", "expired_api_key")
         self.last_used[record.id] = now
-        return record
+        return record, owner_limits
+
+    async def _lookup(self, key_hash: str) -> tuple[KeyRecord | None, dict[str, float]]:
+        """A cache miss: the shared cache first, then the store (one pool call for key and owner)."""
+        if self.shared is not None:
+            cached = await self.shared.cached_identity(key_hash)
+            if cached is not None:
+                return cached
+        try:
+            record, owner_limits = await self.in_thread(self._load_identity, key_hash)
+        except StoreError:
+            log.exception("key lookup failed")
+            raise GatewayError(503, "The key store is unavailable; try again shortly.", "server_error",
+                               "store_unavailable") from None
+        if record is not None and self.shared is not None:
+            await self.shared.cache_identity(record, owner_limits)
+        return record, owner_limits
+
+    def _load_identity(self, key_hash: str) -> tuple[KeyRecord | None, dict[str, float]]:
+        record = self.store.key_by_hash(key_hash)
+        if record is None:
+            return None, {}
+        owner = self.store.get_user(record.owner)
+        return record, owner.limits if owner else {}
+
+    def invalidated(self, kind: str, value: str) -> None:
+        """A message on the invalidation channel (or a reconnect): drop what this process cached."""
+        if kind == "key":
+            self.keys.drop_key_id(value)
+        elif kind == "user":
+            self.keys.drop_owner(value)
+        else:
+            self.keys.clear()
+
+    async def reconcile(self) -> None:
+        """Scheduler job: make the counters and the shared key cache agree with the store.
+
+        Budget counters are only ever raised to the store's figures, so running this on every
+        replica at once, or while traffic flows, never hands out budget twice.
+        """
+        shared = self.shared
+        if shared is None or not shared.up:
+            totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
+            self.admission.local.seed({name: value for name, (value, _) in totals.items()})
+            return
+        try:
+            if not await shared.client.exists(EPOCH):
+                totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
+                await shared.limiter.seed(totals)
+                await shared.client.set(EPOCH, str(time.time()))
+            revoked = await self.in_thread(self._revoked_hashes)
+            if revoked:
+                await shared.invalidate("sync", "", revoked)
+        except RedisError as exc:
+            shared.failed(exc)
+
+    def _revoked_hashes(self) -> list[str]:
+        return [k.hash for k in self.store.list_keys() if not k.active]
 
     async def revoke_key(self, key_id: str) -> KeyRecord | None:
-        """Revoke in the store and drop the key from this process's cache at once."""
+        """Revoke in the store, then drop the key from every replica's cache (at once through Redis)."""
         record = await self.in_thread(self.store.revoke_key, key_id)
         self.keys.drop_key_id(key_id)
+        if record is not None and self.shared is not None:
+            await self.shared.invalidate("key", key_id, [record.hash])
         return record
+
+    def settle(self, ticket: Ticket | None, event: UsageEvent | None) -> None:
+        if ticket is not None:
+            self.admission.settle(ticket, event)
 
     def begin(self, call: Any = None) -> None:
         """A call (or its settlement) starts; shutdown waits for it."""
@@ -152,6 +224,10 @@ class Gateway:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
             log.warning("%d calls still open after %.0f s of draining", self.in_flight, grace)
+
+    async def stop_shared(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
 
     def close(self) -> None:
         self.upstream.close()

@@ -70,6 +70,7 @@ def bearer_key(header: str | None) -> str | None:
 class _Entry:
     record: KeyRecord | None
     until: float
+    owner_limits: dict[str, float]
 
 
 class KeyCache:
@@ -84,20 +85,28 @@ class KeyCache:
         self.negative_ttl = negative_ttl
         self._entries: dict[str, _Entry] = {}
 
-    def get(self, key_hash: str, now: float) -> tuple[bool, KeyRecord | None]:
-        """(found, record): found is False when the store must be asked."""
+    def get(self, key_hash: str, now: float) -> tuple[bool, KeyRecord | None, dict[str, float]]:
+        """(found, record, owner's limits): found is False when the store must be asked."""
         entry = self._entries.get(key_hash)
         if entry is None or entry.until <= now:
-            return False, None
+            return False, None, {}
         if entry.record is not None and not hmac.compare_digest(entry.record.hash, key_hash):
-            return False, None
-        return True, entry.record
+            return False, None, {}
+        return True, entry.record, entry.owner_limits
 
-    def put(self, key_hash: str, record: KeyRecord | None, now: float) -> None:
+    def put(self, key_hash: str, record: KeyRecord | None, now: float, owner_limits: dict[str, float]) -> None:
         if len(self._entries) > 100_000:
             self._entries = {h: e for h, e in self._entries.items() if e.until > now}
         ttl = self.ttl if record is not None else self.negative_ttl
-        self._entries[key_hash] = _Entry(record, now + ttl)
+        self._entries[key_hash] = _Entry(record, now + ttl, owner_limits)
+
+    def drop_owner(self, owner: str) -> None:
+        for key_hash, entry in list(self._entries.items()):
+            if entry.record is not None and entry.record.owner == owner:
+                del self._entries[key_hash]
+
+    def clear(self) -> None:
+        self._entries = {}
 
     def drop_key_id(self, key_id: str) -> None:
         for key_hash, entry in list(self._entries.items()):

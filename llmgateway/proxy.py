@@ -20,6 +20,7 @@ from tornado.httpclient import HTTPResponse
 
 from .errors import GatewayError, bad_request, sse_error_event, upstream_failure
 from .gateway import Gateway
+from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .routing import Route, UpstreamState, mark_down
@@ -82,6 +83,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     cut: int = 0
     upstream: UpstreamState | None = None
+    ticket: Ticket | None = None
 
     def cancel(self, status: int = 0) -> None:
         """Stop the upstream transfer at its next progress check; `status` says why (499 or 503)."""
@@ -164,6 +166,14 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_heade
     return call
 
 
+async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None:
+    """Reserve against the call's limits (a 429 if any is reached); nothing to do when none apply."""
+    model = call.route.model
+    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.body)
+    if checks:
+        call.ticket = await gw.admission.admit(call.request_id, checks, model.free)
+
+
 def _error_message(body: bytes) -> str:
     try:
         obj = json.loads(body)
@@ -221,6 +231,7 @@ class Relay:
         self.started_client = False
         self.error_body: list[bytes] = []
         self.meter = StreamMeter(call.strip_usage) if call.stream else None
+        self.settling = False
 
     async def run(self) -> None:
         """Relay, failing over to the next upstream on a connect error before the first byte."""
@@ -245,6 +256,8 @@ class Relay:
             else:
                 self._finish_plain(response)
         finally:
+            if not self.settling:
+                self.gw.settle(self.call.ticket, None)
             self.gw.end(self.call)
 
     async def _fetch(self, upstream: UpstreamState) -> HTTPResponse:
@@ -276,6 +289,8 @@ class Relay:
         upstream key, cookies, auth challenges, server identity) are not the client's business."""
         headers = [(k, v) for k, v in self.headers_in.items() if k in RELAYED_RESPONSE_HEADERS]
         headers.append(("X-Request-Id", self.call.request_id))
+        if self.call.ticket is not None:
+            headers += self.call.ticket.headers
         return headers
 
     def _on_chunk(self, data: bytes) -> None:
@@ -341,10 +356,11 @@ class Relay:
         self, status: int, text: str, usage: tuple[int, int] | None = None, meter: StreamMeter | None = None
     ) -> None:
         """Record the call's usage: exact from upstream, else counted after the response."""
+        self.settling = True
         latency_ms = (time.perf_counter() - self.call.started) * 1000
         if usage is not None or status >= 400 and meter is None:
             prompt, completion = usage or (0, 0)
-            self.gw.record(self._event(status, latency_ms, prompt, completion, False))
+            self._record(self._event(status, latency_ms, prompt, completion, False))
             return
         self.gw.in_background(self._count_and_record(status, latency_ms, text, meter))
 
@@ -359,12 +375,17 @@ class Relay:
                 call.route.model.usage_probe,
             )
         except asyncio.CancelledError:
-            self.gw.record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
+            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
             raise
         except Exception:
             log.exception("token counting failed for %s; recording an estimate", call.request_id)
             prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
-        self.gw.record(self._event(status, latency_ms, prompt, completion, estimated))
+        self._record(self._event(status, latency_ms, prompt, completion, estimated))
+
+    def _record(self, event: UsageEvent) -> None:
+        """Into the ledger, and the call's reservation settled to what it really used."""
+        self.gw.record(event)
+        self.gw.settle(self.call.ticket, event)
 
     def _event(self, status: int, latency_ms: float, prompt: int, completion: int, estimated: bool) -> UsageEvent:
         model = self.call.route.model

@@ -1,37 +1,32 @@
 """Background jobs on APScheduler, in the gateway's own process and event loop.
 
 Each job runs at most one instance at a time (`max_instances=1`), missed runs are merged
-(`coalesce`), and an exception is logged by APScheduler and the job simply runs again next time.
+(`coalesce`), and a failure is logged and the job simply runs again next time (`jobs.guarded`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .gateway import Gateway
+from .jobs import guarded, retention, rollups
 from .log import flush_logs
 
 
 def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(event_loop=loop)
-    scheduler.add_job(
-        gateway.flush,
-        "interval",
-        seconds=gateway.config.usage.flush_interval_seconds,
-        id="usage-flush",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(),
-    )
-    scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", max_instances=1, coalesce=True)
-
-    async def purge_claims() -> None:
-        """Forget used SAML assertion IDs and logged-out sessions once they could no longer be used."""
-        await gateway.in_thread(gateway.store.purge_claims, time.time())
-
-    scheduler.add_job(purge_claims, "interval", hours=1, id="claims-purge", max_instances=1, coalesce=True)
+    jobs = gateway.config.jobs
+    every = {"max_instances": 1, "coalesce": True}
+    scheduler.add_job(gateway.flush, "interval", seconds=gateway.config.usage.flush_interval_seconds,
+                      id="usage-flush", next_run_time=datetime.now(), **every)
+    scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", **every)
+    scheduler.add_job(guarded("rollups", lambda: rollups(gateway, jobs)), "interval",
+                      seconds=jobs.rollup_interval_seconds, id="rollups", **every)
+    scheduler.add_job(guarded("retention", lambda: retention(gateway, jobs)), "interval",
+                      seconds=jobs.retention_interval_seconds, id="retention", **every)
+    scheduler.add_job(guarded("reconcile", gateway.reconcile), "interval",
+                      seconds=gateway.config.redis.reconcile_interval_seconds, id="reconcile", **every)
     return scheduler

@@ -61,6 +61,7 @@ async def serve(config: Config) -> None:
         raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
                           f"{exc.strerror}") from None
     loop = asyncio.get_running_loop()
+    await gateway.start()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
     tune_gc()
@@ -83,4 +84,5 @@ async def serve(config: Config) -> None:
     written = await gateway.flush()
     log.info("final usage flush: %d events written, %d left spooled", written, len(gateway.ledger.spooled_files()))
     await server.close_all_connections()
+    await gateway.stop_shared()
     gateway.close()

@@ -96,6 +96,48 @@ class MockUpstream:
 
 
 @dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence: a restart empties it."""
+
+    workdir: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.ping, STARTUP_TIMEOUT, what="redis-server")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, free_port()).start()
+    yield server
+    server.kill()
+
+
+@dataclass
 class GatewayProcess:
     """`llmgateway serve` as a subprocess, with its config, store and log under tmp_path."""
 
@@ -105,6 +147,7 @@ class GatewayProcess:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
     log_path: Path = field(init=False)
+    store_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / "gateway.log"
@@ -115,7 +158,7 @@ class GatewayProcess:
 
     @property
     def db_path(self) -> Path:
-        return self.workdir / "gateway.db"
+        return self.store_path or self.workdir / "gateway.db"
 
     def start(self) -> GatewayProcess:
         with open(self.log_path, "ab") as log:
@@ -229,7 +272,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
     def start(models: str, extra: str = "", env: dict[str, str] | None = None, run: bool = True,
-              server: str = "", store_query: str = "") -> GatewayProcess:
+              server: str = "", store_query: str = "", store_path: Path | None = None) -> GatewayProcess:
+        """`store_path` shares one SQLite file between gateways (as replicas share a store)."""
         workdir = tmp_path / f"gw{len(started)}"
         workdir.mkdir()
         port = free_port()
@@ -238,13 +282,13 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
             server += "\ndrain_seconds = 10"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\n{server}\n'
-            f'[store]\nurl = "sqlite:///{workdir / "gateway.db"}{store_query}"\n'
+            f'[store]\nurl = "sqlite:///{store_path or workdir / "gateway.db"}{store_query}"\n'
             f'[usage]\nspool_dir = "{workdir / "spool"}"\nflush_interval_seconds = 0.2\n'
             f"{extra}\n{models}"
         )
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_") and k != "LLM_DEFAULT_URL"}
         full_env.update(env or {})
-        gw = GatewayProcess(workdir, port, config, full_env)
+        gw = GatewayProcess(workdir, port, config, full_env, store_path=store_path)
         started.append(gw)
         return gw.start() if run else gw
 

@@ -8,7 +8,7 @@ from .base import BUCKETS, DailyRow, RollupRow, Store, StoreError, UsageRow
 
 
 def open_store(url: str) -> Store:
-    """Open the backend that `url` names: sqlite:///path[?timeout=SECONDS]."""
+    """Open the backend that `url` names: sqlite:///path[?timeout=SECONDS] or mongodb[+srv]://host/database."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
@@ -19,6 +19,10 @@ def open_store(url: str) -> Store:
         except ValueError:
             raise StoreError(f"store URL: timeout {params['timeout'][0]!r} is not a number") from None
         return SQLiteStore(path, timeout)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from .mongo import MongoStore
+
+        return MongoStore(url)
     raise StoreError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")
 
 

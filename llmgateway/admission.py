@@ -1,0 +1,111 @@
+"""Admission: which limits bind a call, which limiter counts them, and settling afterwards.
+
+With Redis configured and up, the shared limiter counts for every replica. Without Redis, or
+while it is away under `redis.on_failure = "local"`, this process's own counters do, seeded from
+the store so that a restart or an outage does not hand out a fresh budget.
+"""
+
+from __future__ import annotations
+
+import time
+
+from redis.exceptions import RedisError
+
+from .config import Config, ModelConfig
+from .errors import GatewayError
+from .limits import (
+    DAY,
+    KIND_OF,
+    MICROS,
+    Check,
+    Ticket,
+    build_checks,
+    cost_micros,
+    merged,
+    period_of,
+    rate_headers,
+    refusal,
+    reservation,
+)
+from .limits_local import LocalLimiter
+from .records import KeyRecord, UsageEvent
+from .shared import SharedState
+from .store import Store
+
+BUDGETS = ("cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week")
+
+
+class Admission:
+    def __init__(self, config: Config, shared: SharedState | None) -> None:
+        self.limits = config.limits
+        self.models = config.models
+        self.on_failure = config.redis.on_failure
+        self.shared = shared
+        self.local = LocalLimiter()
+
+    def checks(self, key: KeyRecord, owner_limits: dict[str, float], model: ModelConfig, endpoint: str,
+               body: dict) -> list[Check]:
+        subjects = [
+            (f"key:{key.id}", merged(self.limits.key, key.limits)),
+            (f"user:{key.owner}", merged(self.limits.user, owner_limits)),
+            (f"model:{model.id}:user:{key.owner}", model.limits),
+        ]
+        subjects = [(s, limits) for s, limits in subjects if limits]
+        if not subjects:
+            return []
+        prompt, completion = reservation(endpoint, body, self.limits.prompt_bytes_per_token,
+                                         self.limits.default_max_tokens)
+        cost = cost_micros(prompt, completion, model.prompt_cost_per_1k, model.completion_cost_per_1k)
+        return build_checks(subjects, prompt + completion, cost, model.free, time.time())
+
+    async def admit(self, request_id: str, checks: list[Check], free_model: bool) -> Ticket:
+        """Reserve for the call, or raise its 429 (or 503 when Redis is away and the policy refuses)."""
+        lease = self.limits.concurrency_lease_seconds
+        verdict = None
+        if self.shared is not None and self.shared.up:
+            try:
+                verdict = await self.shared.limiter.admit(checks, request_id, lease)
+            except RedisError as exc:
+                self.shared.failed(exc)
+        if verdict is None:
+            if self.shared is not None and self.on_failure == "refuse":
+                raise GatewayError(503, "Rate limiting is unavailable; try again shortly.", "server_error",
+                                   "limits_unavailable", headers={"Retry-After": "1"})
+            verdict = self.local.admit_now(checks, request_id, lease)
+        if not verdict.allowed:
+            raise refusal(checks, verdict)
+        return Ticket(request_id, checks, verdict, free_model, headers=rate_headers(checks, verdict))
+
+    def settle(self, ticket: Ticket, event: UsageEvent | None) -> None:
+        """Swap the reservation for the real usage (none when the call produced no event)."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        tokens = event.prompt_tokens + event.completion_tokens if event else 0
+        cost = round(event.cost * MICROS) if event else 0
+        if ticket.verdict.backend == "redis":
+            if self.shared is not None and self.shared.up:
+                self.shared.limiter.settle(ticket, tokens, cost)
+        else:
+            self.local.settle(ticket, tokens, cost)
+
+
+def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str, tuple[int, float]]:
+    """Budget counters as the store sees them: per user and key, this day and week.
+
+    Blocking (runs in the store pool). Values are lower bounds of the truth (events still in a
+    replica's ledger buffer are not in the store yet), so callers only ever raise counters to them.
+    """
+    totals: dict[str, tuple[int, float]] = {}
+    for name in BUDGETS:
+        period, end = period_of(name, now)
+        since = end - (DAY if name.endswith("_day") else 7 * DAY)
+        models = [None] if name.startswith("cost") else free_models
+        for group in ("user", "key"):
+            for model in models:
+                for row in store.usage_summary(group, since=since, model=model):
+                    value = (round(row["cost"] * MICROS) if name.startswith("cost")
+                             else row["prompt_tokens"] + row["completion_tokens"])
+                    counter = f"{group}:{row['group']}:{KIND_OF[name]}:{period}"
+                    totals[counter] = (totals.get(counter, (0, end))[0] + value, end)
+    return totals

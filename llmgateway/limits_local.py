@@ -1,0 +1,91 @@
+"""In-process counters: exact limits for one replica, and the fallback when Redis is away.
+
+The same rules as the Redis scripts in `limits_redis`: minute windows are 60 one-second buckets,
+budgets are totals per calendar period, concurrency is a set of request ids with a lease so a
+lost settlement cannot hold a slot for ever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .limits import WINDOW_SECONDS, Check, Ticket, Verdict
+
+
+class LocalLimiter:
+    name = "local"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.windows: dict[str, dict[int, int]] = {}
+        self.totals: dict[str, int] = {}
+        self.slots: dict[str, dict[str, float]] = {}
+
+    async def admit(self, checks: list[Check], request_id: str, lease: float) -> Verdict:
+        return self.admit_now(checks, request_id, lease)
+
+    def admit_now(self, checks: list[Check], request_id: str, lease: float) -> Verdict:
+        now = self.clock()
+        second = int(now)
+        used, resets = [], []
+        refused, retry_after = -1, 0.0
+        for i, check in enumerate(checks):
+            current, reset, retry = self._state(check, now, second)
+            used.append(current)
+            resets.append(reset)
+            if refused < 0 and current + check.amount > check.limit:
+                refused, retry_after = i, retry
+        if refused >= 0:
+            return Verdict(False, used, resets, refused, retry_after, second, self.name)
+        for i, check in enumerate(checks):
+            if check.kind in ("rpm", "tpm"):
+                buckets = self.windows.setdefault(check.counter, {})
+                buckets[second] = buckets.get(second, 0) + check.amount
+                resets[i] = WINDOW_SECONDS - (now - second)
+            elif check.kind == "conc":
+                self.slots.setdefault(check.counter, {})[request_id] = now + lease
+            else:
+                self.totals[check.counter] = self.totals.get(check.counter, 0) + check.amount
+            used[i] += check.amount
+        return Verdict(True, used, resets, -1, 0.0, second, self.name)
+
+    def _state(self, check: Check, now: float, second: int) -> tuple[int, float, float]:
+        """(used, seconds until fully reset, seconds until this call's amount would fit)."""
+        if check.kind in ("rpm", "tpm"):
+            buckets = self.windows.get(check.counter, {})
+            for s in [s for s in buckets if s <= second - WINDOW_SECONDS]:
+                del buckets[s]
+            used = sum(buckets.values())
+            reset = (max(buckets) + WINDOW_SECONDS - now) if buckets else 0.0
+            need, freed, retry = used + check.amount - check.limit, 0, float(WINDOW_SECONDS)
+            for s in sorted(buckets):
+                freed += buckets[s]
+                if freed >= need:
+                    retry = s + WINDOW_SECONDS - now
+                    break
+            return used, reset, retry
+        if check.kind == "conc":
+            slots = self.slots.get(check.counter, {})
+            for rid in [r for r, until in slots.items() if until <= now]:
+                del slots[rid]
+            return len(slots), 0.0, 1.0
+        return self.totals.get(check.counter, 0), check.period_end - now, check.period_end - now
+
+    def settle(self, ticket: Ticket, tokens: int, cost_micros: int) -> None:
+        for check in ticket.checks:
+            actual = cost_micros if check.kind.startswith("cost") else tokens
+            if check.kind == "tpm":
+                buckets = self.windows.get(check.counter, {})
+                if ticket.verdict.second in buckets:
+                    buckets[ticket.verdict.second] += actual - check.amount
+            elif check.kind == "conc":
+                self.slots.get(check.counter, {}).pop(ticket.request_id, None)
+            elif check.kind not in ("rpm",):
+                self.totals[check.counter] = max(0, self.totals.get(check.counter, 0) + actual - check.amount)
+
+    def seed(self, totals: dict[str, int]) -> None:
+        """Raise budget counters to what the store says was spent (after a restart or an outage)."""
+        for counter, value in totals.items():
+            if value > self.totals.get(counter, 0):
+                self.totals[counter] = value

@@ -1,0 +1,178 @@
+"""Redis as the replicas' shared hot state: key cache, revocation channel, limit counters.
+
+Redis is optional and never the only copy of anything: the store has the keys and the usage.
+When Redis goes away, the first failure marks it down (one warning per outage), traffic goes on
+under `redis.on_failure` ("local": each replica enforces the limits alone; "refuse": 503), and a
+background task reconnects by itself, after which the reconciliation job repairs what Redis lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .config import RedisConfig
+from .limits_redis import RedisLimiter
+from .records import KeyRecord
+
+log = logging.getLogger("llmgateway.redis")
+
+CHANNEL = "llmgw:invalidate"
+KEY_CACHE = "llmgw:key:"
+EPOCH = "llmgw:epoch"
+RETRY_SECONDS = 1.0
+
+
+def announce(config: RedisConfig, kind: str, value: str, key_hashes: list[str]) -> bool:
+    """From a process without an event loop (the CLI): drop keys from every replica's cache."""
+    client = SyncRedis.from_url(config.url, socket_timeout=config.timeout_seconds,
+                                socket_connect_timeout=config.timeout_seconds)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key_hash in key_hashes:
+            pipe.delete(KEY_CACHE + key_hash)
+        pipe.publish(CHANNEL, f"{kind} {value}")
+        pipe.execute()
+    except RedisError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def encode_identity(record: KeyRecord, owner_limits: dict[str, float]) -> str:
+    return json.dumps({"key": asdict(record), "owner_limits": owner_limits})
+
+
+def decode_identity(raw: bytes | str) -> tuple[KeyRecord, dict[str, float]]:
+    obj = json.loads(raw)
+    return KeyRecord(**obj["key"]), obj["owner_limits"]
+
+
+class SharedState:
+    """One replica's connection to Redis, and what it does when Redis is away."""
+
+    def __init__(
+        self,
+        config: RedisConfig,
+        on_message: Callable[[str, str], None],
+        on_reconnect: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.client = Redis.from_url(
+            config.url, socket_timeout=config.timeout_seconds, socket_connect_timeout=config.timeout_seconds,
+            retry_on_timeout=False,
+        )
+        self.listener = Redis.from_url(config.url, socket_connect_timeout=config.timeout_seconds,
+                                       socket_keepalive=True)
+        self.limiter = RedisLimiter(self.client)
+        self.on_message = on_message
+        self.on_reconnect = on_reconnect
+        self.up = False
+        self._tasks: set[asyncio.Task] = set()
+        self._recovering = False
+
+    async def start(self) -> None:
+        """Connect and subscribe; if Redis is not there yet, start as if it had just gone away."""
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            self.failed(exc)
+            return
+        self.up = True
+        self._spawn(self._listen())
+
+    def failed(self, exc: BaseException) -> None:
+        """A Redis call failed: mark Redis down (warning once per outage) and start reconnecting."""
+        if self.up or not self._recovering:
+            policy = ("each replica enforces the limits on its own" if self.config.on_failure == "local"
+                      else "limited calls are refused with 503")
+            log.warning("Redis is unavailable (%s); %s until it is back", type(exc).__name__, policy)
+        self.up = False
+        if not self._recovering:
+            self._recovering = True
+            self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await self.client.ping()
+            except RedisError:
+                continue
+            break
+        self.up = True
+        self._recovering = False
+        log.warning("Redis is reachable again; reconciling shared state")
+        self.on_message("flush", "")
+        self._spawn(self._listen())
+        await self.on_reconnect()
+
+    async def _listen(self) -> None:
+        """Invalidation messages from every replica; the connection has no read timeout."""
+        pubsub = self.listener.pubsub()
+        try:
+            await pubsub.subscribe(CHANNEL)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message and message.get("type") == "message":
+                    kind, _, value = message["data"].decode().partition(" ")
+                    self.on_message(kind, value)
+        except (RedisError, OSError) as exc:
+            self.failed(exc)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cached_identity(self, key_hash: str) -> tuple[KeyRecord, dict[str, float]] | None:
+        """The key (and its owner's limits) from the shared cache, or None on a miss or outage."""
+        if not self.up:
+            return None
+        try:
+            raw = await self.client.get(KEY_CACHE + key_hash)
+        except RedisError as exc:
+            self.failed(exc)
+            return None
+        return decode_identity(raw) if raw else None
+
+    async def cache_identity(self, record: KeyRecord, owner_limits: dict[str, float]) -> None:
+        if not self.up:
+            return
+        try:
+            await self.client.set(KEY_CACHE + record.hash, encode_identity(record, owner_limits),
+                                  ex=max(1, int(self.config.key_cache_ttl_seconds)))
+        except RedisError as exc:
+            self.failed(exc)
+
+    async def invalidate(self, kind: str, value: str, key_hashes: list[str]) -> bool:
+        """Drop cached keys everywhere: delete the shared entries, tell every replica."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key_hash in key_hashes:
+                    pipe.delete(KEY_CACHE + key_hash)
+                pipe.publish(CHANNEL, f"{kind} {value}")
+                await pipe.execute()
+        except RedisError as exc:
+            self.failed(exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+        await self.listener.aclose()
