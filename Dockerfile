@@ -19,11 +19,13 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Only what `pip install .` needs: setup.py and the two packages. pycurl, tornado and APScheduler
-# come as wheels (pycurl's manylinux wheel bundles libcurl), so no compiler or -dev packages.
+# Only what `pip install .` needs: setup.py, the two packages and the portal's static files. pycurl,
+# tornado, APScheduler, lxml and xmlsec come as wheels (bundling libcurl, libxml2 and xmlsec1), so
+# no compiler or -dev packages.
 COPY setup.py ./
 COPY llmgateway ./llmgateway
 COPY handlers ./handlers
+COPY static ./static
 RUN pip install . \
     && python -c "import pycurl, tornado, apscheduler, llmgateway.server; print(pycurl.version)"
 

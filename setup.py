@@ -1,5 +1,7 @@
 """Packaging: `pip install .` gives the `llmgateway` command; `.[test]` adds what the tests need."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
@@ -8,15 +10,26 @@ setup(
     description="OpenAI-compatible LLM gateway: per-user API keys, limits and exact usage metering",
     python_requires=">=3.11",
     packages=find_packages(include=["llmgateway", "llmgateway.*", "handlers", "handlers.*"]),
+    package_data={"handlers": ["templates/*.html"]},
+    # The portal's static files, where handlers.portal looks when not run from a source tree.
+    data_files=[("share/llmgateway/static", sorted(str(p) for p in Path("static").glob("*")))],
     install_requires=[
         "tornado>=6.4,<7",
         "pycurl>=7.45",
         "APScheduler>=3.10,<4",
         "pymongo>=4.6",
         "redis>=5,<9",
+        "python3-saml>=1.16,<2",
+        "python-jose>=3.3,<4",
+        # xmlsec and lxml each bundle libxml2 in their wheels; they must bundle the same version or
+        # python3-saml fails with "lxml & xmlsec libxml2 library version mismatch". Both wheels of
+        # this pair carry libxml2 2.14.6 (no compiler or -dev packages needed); move them together.
+        "xmlsec==1.3.17",
+        "lxml==6.1.3",
     ],
     extras_require={
-        "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock"],
+        "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock",
+                 "pysaml2>=7.5", "playwright>=1.40", "requests>=2.31"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,7 +23,15 @@ from .base import REASONS, SessionHandler
 
 log = logging.getLogger("llmgateway.portal")
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def _static_dir() -> Path:
+    """static/ of the source tree, else where `pip install .` put it (as JupyterHub does: share/)."""
+    source = Path(__file__).resolve().parent.parent / "static"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "llmgateway" / "static"
+
+
+STATIC = _static_dir()
 MAX_JSON_BODY = 64 * 1024
 
 

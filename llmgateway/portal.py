@@ -41,11 +41,12 @@ def safe_next(value: str | None) -> str:
     """`value` if it is a path on this site, else the portal's start page (no open redirect).
 
     Refused: absolute URLs, scheme-relative ones (//evil.host), backslashes (browsers read /\\evil
-    as //evil), control characters and anything not starting with a single slash.
+    as //evil), whitespace and control characters (browsers drop some of them, which can turn
+    "/<tab>/evil" into "//evil") and anything not starting with a single slash.
     """
     if not value or len(value) > 2000 or not value.startswith("/") or value.startswith("//"):
         return DEFAULT_NEXT
-    if "\\" in value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+    if "\\" in value or any(c.isspace() or not c.isprintable() for c in value):
         return DEFAULT_NEXT
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
