@@ -66,18 +66,22 @@ class BaseHandler(RequestHandler):
             return
         log.error("uncaught exception in %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
 
+    error_codes: dict[int, str] = {}
+
+    def error_message(self, status_code: int, exc: BaseException | None) -> str:
+        """What an error Tornado raised itself says to the client (never internals on a 5xx)."""
+        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
+            return exc.log_message % exc.args if exc.args else exc.log_message
+        if status_code >= 500:
+            return "The gateway failed to handle the request."
+        return self._reason
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors Tornado raises itself (405, unexpected exceptions) in the OpenAI shape."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        elif status_code >= 500:
-            message = "The gateway failed to handle the request."
-        else:
-            message = self._reason
+        message = self.error_message(status_code, kwargs.get("exc_info", (None, None, None))[1])
         kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error_body(message, kind)))
+        self.finish(json.dumps(error_body(message, kind, self.error_codes.get(status_code))))
 
 
 class NotFoundHandler(BaseHandler):
@@ -108,6 +112,8 @@ class SessionHandler(BaseHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
     def check_xsrf_cookie(self) -> None:
         """Every state-changing request of a logged-in browser carries the XSRF token."""
@@ -141,13 +147,12 @@ class SessionHandler(BaseHandler):
     def message_page(self, status: int, heading: str, message: str, link: str = "", link_text: str = "") -> None:
         self.render_page("message.html", status, heading=heading, message=message, link=link, link_text=link_text)
 
+    def error_message(self, status_code: int, exc: BaseException | None) -> str:
+        if status_code == 403 and isinstance(exc, HTTPError) and "xsrf" in (exc.log_message or "").lower():
+            return "This page is out of date or did not come from this site. Reload it and try again."
+        return super().error_message(status_code, exc)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Pages answer errors with a page; the JSON API (see `JsonHandler`) with a JSON error."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if status_code == 403 and isinstance(exc, HTTPError) and "xsrf" in (exc.log_message or "").lower():
-            message = "This form has expired or did not come from this site. Go back, reload the page and try again."
-        elif status_code >= 500:
-            message = "Something went wrong on our side. Try again in a moment."
-        else:
-            message = self._reason
+        message = self.error_message(status_code, kwargs.get("exc_info", (None, None, None))[1])
         self.message_page(status_code, f"{status_code} {self._reason}", message, self.path("/portal"), "Back")

@@ -15,11 +15,11 @@ from urllib.parse import urlencode
 
 from tornado.web import HTTPError
 
-from llmgateway.errors import GatewayError, bad_request, error_body
+from llmgateway.errors import GatewayError, bad_request
 from llmgateway.portal import safe_next
 from llmgateway.sessions import SESSION_COOKIE
 
-from .base import REASONS, SessionHandler
+from .base import BaseHandler, SessionHandler
 
 log = logging.getLogger("llmgateway.portal")
 
@@ -119,20 +119,8 @@ class JsonHandler(SessionHandler):
         except ValueError:
             raise bad_request("The body must be JSON.") from None
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-            if "xsrf" in message.lower():
-                message = "This page is out of date or did not come from this site; reload it and try again."
-        elif status_code >= 500:
-            message = "The portal failed to handle the request; try again in a moment."
-        else:
-            message = self._reason
-        kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
-        code = {401: "not_logged_in", 403: "forbidden"}.get(status_code)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error_body(message, kind, code)))
+    error_codes = {401: "not_logged_in", 403: "forbidden"}
+    write_error = BaseHandler.write_error
 
 
 class MeHandler(JsonHandler):
