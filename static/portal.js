@@ -8,6 +8,7 @@
   const COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"];
   const apiBase = new URL(".", window.location.href);
   let me = null;
+  let redrawUsage = null;
 
   function xsrfToken() {
     const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
@@ -110,7 +111,9 @@
         ["Last used", key.last_used ? day(key.last_used) : "never"], ["Status", key.status],
       ];
       for (const [label, value] of cells) {
-        const cell = el("td", value, label === "Status" ? "status-" + key.status : label === "Key" ? "mono" : "");
+        const style = { Status: "status-" + key.status, Key: "mono", Created: "nowrap", Expires: "nowrap",
+          "Last used": "nowrap" };
+        const cell = el("td", value, style[label] || "");
         cell.dataset.label = label;
         row.append(cell);
       }
@@ -223,7 +226,8 @@
     const data = await api("GET", "usage?days=30");
     const models = data.by_model.map((row) => row.model);
     const color = (model) => COLORS[models.indexOf(model) % COLORS.length];
-    drawChart(data, models, color);
+    redrawUsage = () => drawChart(data, models, color);
+    redrawUsage();
     const legend = $("legend");
     legend.replaceChildren();
     for (const model of models) {
@@ -261,7 +265,9 @@
       chart.append(el("p", "No usage in the last 30 days yet.", "muted"));
       return;
     }
-    const width = 720, height = 260, left = 56, bottom = 24, top = 10, right = 8;
+    // Drawn at the container's own width, so labels keep their size on a phone.
+    const width = Math.max(300, Math.round(chart.clientWidth || 720)), height = 260;
+    const left = 56, bottom = 24, top = 10, right = 8;
     const perDay = new Map(data.days.map((d) => [d, []]));
     for (const row of data.rows) {
       if (perDay.has(row.day)) perDay.get(row.day).push(row);
@@ -274,6 +280,7 @@
     svg.setAttribute("aria-label", "Tokens per day");
     const plotH = height - top - bottom;
     const slot = (width - left - right) / data.days.length;
+    const labelEvery = Math.max(1, Math.ceil(48 / slot));
     const add = (tag, attrs, text) => {
       const node = document.createElementNS(SVG, tag);
       for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -298,7 +305,7 @@
         title.textContent = `${d} ${row.model}: ${number(tokens)} tokens, ${money(row.cost)}`;
         rect.append(title);
       }
-      if (i % 5 === 0 || i === data.days.length - 1) {
+      if ((data.days.length - 1 - i) % labelEvery === 0) {
         add("text", { x: x + slot * 0.35, y: height - 6, class: "axis", "text-anchor": "middle" }, d.slice(5));
       }
     });
@@ -346,5 +353,6 @@
     $("example-python").textContent = "";
   });
   window.addEventListener("hashchange", () => me && route());
+  window.addEventListener("resize", () => redrawUsage && !$("view-usage").hidden && redrawUsage());
   start();
 })();
