@@ -66,6 +66,10 @@ class Gateway:
             await self.shared.start()
         await self.reconcile()
 
+    async def _seed_local(self) -> None:
+        totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
+        self.admission.local.seed({name: value for name, (value, _) in totals.items()})
+
     async def authenticate(self, authorization: str | None) -> tuple[KeyRecord, dict[str, float]]:
         """The key record behind an Authorization header and its owner's limits, or a 401 GatewayError."""
         key = bearer_key(authorization)
@@ -125,16 +129,18 @@ class Gateway:
     async def reconcile(self) -> None:
         """Scheduler job: make the counters and the shared key cache agree with the store.
 
-        Budget counters are only ever raised to the store's figures, so running this on every
-        replica at once, or while traffic flows, never hands out budget twice.
+        Budgets are reloaded at start, after a reconnect (calls admitted locally during the outage
+        are in the store, not in Redis) and when Redis lost its data. Counters are only ever raised
+        to the store's figures, so running this on every replica at once, or while traffic flows,
+        never hands out budget twice.
         """
         shared = self.shared
         if shared is None or not shared.up:
-            totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
-            self.admission.local.seed({name: value for name, (value, _) in totals.items()})
+            await self._seed_local()
             return
         try:
-            if not await shared.client.exists(EPOCH):
+            if shared.reseed or not await shared.client.exists(EPOCH):
+                shared.reseed = False
                 totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
                 await shared.limiter.seed(totals)
                 await shared.client.set(EPOCH, str(time.time()))

@@ -78,7 +78,9 @@ class SharedState:
         self.on_reconnect = on_reconnect
         self.up = False
         self._tasks: set[asyncio.Task] = set()
+        self._listener: asyncio.Future | None = None
         self._recovering = False
+        self.reseed = True
 
     async def start(self) -> None:
         """Connect and subscribe; if Redis is not there yet, start as if it had just gone away."""
@@ -88,7 +90,11 @@ class SharedState:
             self.failed(exc)
             return
         self.up = True
-        self._spawn(self._listen())
+        self._listen_once()
+
+    def _listen_once(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = self._spawn(self._listen())
 
     def failed(self, exc: BaseException) -> None:
         """A Redis call failed: mark Redis down (warning once per outage) and start reconnecting."""
@@ -111,9 +117,10 @@ class SharedState:
             break
         self.up = True
         self._recovering = False
+        self.reseed = True
         log.warning("Redis is reachable again; reconciling shared state")
         self.on_message("flush", "")
-        self._spawn(self._listen())
+        self._listen_once()
         await self.on_reconnect()
 
     async def _listen(self) -> None:
@@ -132,10 +139,11 @@ class SharedState:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def cached_identity(self, key_hash: str) -> tuple[KeyRecord, dict[str, float]] | None:
         """The key (and its owner's limits) from the shared cache, or None on a miss or outage."""

@@ -101,3 +101,43 @@ def test_parse_time() -> None:
     assert parse_time("1970-01-01T01:00:00+01:00") == 0.0
     with pytest.raises(CliError):
         parse_time("7 days")
+
+
+def test_limit_overrides_are_stored_and_shown_with_the_defaults(start_gateway) -> None:
+    gw = start_gateway(model_toml("a", ["http://127.0.0.1:9"]), "[limits.user]\ncost_per_day = 2\n", run=False)
+    gw.create_key("alice")
+    key_id = json.loads(gw.cli("keys", "list", "--json").stdout)[0]["id"]
+    assert json.loads(gw.cli("limits", "set", "--user", "alice", "requests_per_minute=30").stdout) == {
+        "requests_per_minute": 30.0}
+    gw.cli("limits", "set", "--user", "alice", "cost_per_day=0")
+    shown = json.loads(gw.cli("limits", "show", "--user", "alice").stdout)
+    assert shown["defaults"] == {"cost_per_day": 2.0}
+    assert shown["effective"] == {"requests_per_minute": 30.0}, "an override of 0 lifts the default"
+    gw.cli("limits", "set", "--key", key_id, "concurrent_requests=2")
+    assert json.loads(gw.cli("limits", "show", "--key", key_id).stdout)["effective"] == {"concurrent_requests": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["limits", "set", "--user", "a", "requests_per_hour=3"], "unknown limit 'requests_per_hour'"),
+        (["limits", "set", "--user", "a", "requests_per_minute"], "limits are NAME=NUMBER"),
+        (["limits", "set", "--user", "a", "cost_per_day=lots"], "limits are NAME=NUMBER"),
+        (["limits", "set", "--user", "a", "cost_per_day=-1"], "limits must be >= 0"),
+        (["limits", "set", "--key", "key_missing", "cost_per_day=1"], "no key with id 'key_missing'"),
+        (["limits", "show", "--key", "key_missing"], "no key with id 'key_missing'"),
+        (["rollups", "rebuild", "--since", "yesterday"], "cannot read time 'yesterday'"),
+        (["rollups", "rebuild", "--since", "1d", "--until", "2d"], "--until must be later than --since"),
+    ],
+)
+def test_limits_and_rollups_bad_input(gw, args: list[str], message: str) -> None:
+    result = gw.cli(*args, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    if gw.db_path.exists():
+        changed = sqlite3.connect(gw.db_path).execute("SELECT count(*) FROM users WHERE limits != '{}'").fetchone()
+        assert changed[0] == 0, "nothing half-written"
+
+
+def test_rollups_rebuild_from_the_cli(gw) -> None:
+    result = gw.cli("rollups", "rebuild", "--since", "2d")
+    assert "hour: 0 rows" in result.stderr and "day: 0 rows" in result.stderr
