@@ -71,8 +71,7 @@ class AcsHandler(SamlHandler):
         state = self.portal.sessions.verify_login_state(self.get_cookie(LOGIN_COOKIE) or "")
         request_id = state["rid"] if state else None
         next_path = safe_next(state["next"]) if state else DEFAULT_NEXT
-        form = {name: self.get_body_argument(name) for name in ("SAMLResponse", "RelayState")
-                if self.get_body_argument(name, None) is not None}
+        form = {"SAMLResponse": self.get_body_argument("SAMLResponse", "")}
         try:
             assertion = await self.gateway.in_thread(self.sp.process_response, form, request_id)
         except SamlError as exc:

@@ -19,7 +19,7 @@ from lxml import etree
 from saml2 import samlp
 
 from .conftest import ROOT, SESSION_SECRET, GatewayProcess, free_port
-from .idp import LoopbackIdP, expire
+from .idp import LoopbackIdP, Request, expire
 from .portal_helpers import begin_login, post_response, sets_session, stored_users
 
 NS = {"saml": "urn:oasis:names:tc:SAML:2.0:assertion", "samlp": "urn:oasis:names:tc:SAML:2.0:protocol",
@@ -74,7 +74,7 @@ def test_login_creates_the_user_and_a_session(saml_gw: GatewayProcess, idp: Loop
 
 def _refusals(idp: LoopbackIdP, gw: GatewayProcess) -> dict[str, Callable[[], tuple[requests.Session, str]]]:
     """Each case: start a login as a browser, then build the bad answer the attacker sends."""
-    def login() -> tuple[requests.Session, object]:
+    def login() -> tuple[requests.Session, Request]:
         return begin_login(gw, idp)
 
     def unsigned() -> tuple[requests.Session, str]:
@@ -171,12 +171,13 @@ def test_bad_responses_are_refused_without_a_session(saml_gw: GatewayProcess, id
 
 def test_replayed_assertion_is_refused(saml_gw: GatewayProcess, idp: LoopbackIdP) -> None:
     client, request = begin_login(saml_gw, idp)
+    state = client.cookies["llmgw_login"]
     response = idp.respond(request, "alice@example.edu")
     first = post_response(client, saml_gw, response)
     assert first.status_code == 303 and sets_session(first)
-    client.cookies.clear()
-    client.cookies.update({"llmgw_login": first.request.headers["Cookie"].split("llmgw_login=")[1].split(";")[0]})
-    again = post_response(client, saml_gw, response)
+    replayer = requests.Session()
+    replayer.cookies.set("llmgw_login", state)
+    again = post_response(replayer, saml_gw, response)
     assert again.status_code == 400 and "already used" in again.text
     assert not sets_session(again)
     assert "replayed" in saml_gw.log()
