@@ -109,3 +109,29 @@ def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str
                     counter = f"{group}:{row['group']}:{KIND_OF[name]}:{period}"
                     totals[counter] = (totals.get(counter, (0, end))[0] + value, end)
     return totals
+
+
+def quota_status(store: Store, username: str, limits: dict[str, float], free_models: list[str],
+                 now: float) -> dict | None:
+    """A person's budgets for the current day and week: limit, spent, remaining (blocking; for the portal)."""
+    budgets = []
+    for name in BUDGETS:
+        limit = limits.get(name)
+        if not limit:
+            continue
+        _, end = period_of(name, now)
+        since = end - (DAY if name.endswith("_day") else 7 * DAY)
+        models = [None] if name.startswith("cost") else free_models
+        rows = [r for m in models for r in store.usage_summary("user", since=since, user=username, model=m)]
+        spent = (sum(r["cost"] for r in rows) if name.startswith("cost")
+                 else sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows))
+        budgets.append({"name": name, "limit": limit, "spent": spent, "remaining": max(0.0, limit - spent),
+                        "resets_at": end})
+    if not budgets:
+        return None
+    parts = []
+    for b in budgets:
+        unit, period = b["name"].split("_per_")
+        shown = (lambda v: f"{v:.2f}") if unit == "cost" else (lambda v: f"{int(v):,}")
+        parts.append(f"{unit} this {period}: {shown(b['remaining'])} of {shown(b['limit'])} left")
+    return {"budgets": budgets, "summary": "Remaining " + "; ".join(parts) + "."}

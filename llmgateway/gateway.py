@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from .admission import Admission, spent_in_store
+from .admission import Admission, quota_status, spent_in_store
 from .config import Config, resolve_secret
 from .errors import GatewayError, unauthorized
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
-from .limits import Ticket
+from .limits import Ticket, merged
 from .records import KeyRecord, UsageEvent
 from .routing import Router
 from .shared import EPOCH, SharedState
@@ -160,6 +160,11 @@ class Gateway:
         if record is not None and self.shared is not None:
             await self.shared.invalidate("key", key_id, [record.hash])
         return record
+
+    async def quota(self, username: str, own_limits: dict[str, float]) -> dict | None:
+        """What is left of a person's budgets today and this week, from the store (None: no budgets)."""
+        limits = merged(self.config.limits.user, own_limits)
+        return await self.in_thread(quota_status, self.store, username, limits, self.free_models, time.time())
 
     def settle(self, ticket: Ticket | None, event: UsageEvent | None) -> None:
         if ticket is not None:

@@ -262,5 +262,5 @@ class Portal:
             "rows": [{f: row[f] for f in ("day", "model", *fields)} for row in rows],
             "by_model": [{"model": m, **s} for m, s in sorted(by_model.items())],
             "totals": totals,
-            "quota": None,
+            "quota": await self.gateway.quota(user.username, user.limits),
         }

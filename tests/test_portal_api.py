@@ -168,3 +168,22 @@ def test_the_key_limit_is_clear_and_counts_only_usable_keys(portal_gw: GatewayPr
     assert alice.call("POST", "keys", {"name": "replacement"})[0] == 201
     listing = alice.call("GET", "keys")[1]
     assert listing["active"] == 3 and listing["limit"] == 3 and len(listing["keys"]) == 4
+
+
+def test_usage_shows_what_is_left_of_the_budgets(start_gateway: Callable[..., GatewayProcess],
+                                                start_mock: Callable[..., MockUpstream]) -> None:
+    upstream = start_mock().url
+    gw = start_gateway(model_toml("paid", [upstream], completion_cost_per_1k=1.0),
+                       extra="[portal]\nenabled = true\ndev_login = true\n[limits.user]\ncost_per_day = 0.5\n")
+    alice = dev_login(gw, "alice")
+    assert alice.call("GET", "usage")[1]["quota"]["budgets"][0]["remaining"] == 0.5
+    assert alice.call("POST", "terms", {"version": "1"})[0] == 200
+    key = alice.call("POST", "keys", {"name": "k"})[1]["key"]
+    gw.client(key).chat.completions.create(model="paid", messages=HELLO, max_tokens=10)
+    gw.wait_events(1)
+    quota = alice.call("GET", "usage")[1]["quota"]
+    [budget] = quota["budgets"]
+    assert budget["name"] == "cost_per_day" and budget["spent"] == pytest.approx(0.01)
+    assert budget["remaining"] == pytest.approx(0.49) and "0.49 of 0.50 left" in quota["summary"]
+    bob = dev_login(gw, "bob")
+    assert bob.call("GET", "usage")[1]["quota"]["budgets"][0]["spent"] == 0
