@@ -45,7 +45,9 @@ MODEL = "mock-model"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 VENV_BASE = "/usr/bin/python3.11"
-VENV_PACKAGES = ("tornado", "pycurl", "APScheduler")
+VENV_PACKAGES = (
+    "tornado", "pycurl", "APScheduler", "pymongo", "redis", "python3-saml", "python-jose", "xmlsec", "lxml",
+)
 PIP_TIMEOUT = 900.0
 # Points by which the target's core may be busier than the target itself (the kernel's loopback
 # work is part of it: about 15 points with 1000 streams) before a note says other work shared it.
@@ -282,7 +284,7 @@ def ensure_venv(path: Path) -> Path:
             raise BenchError(f"could not make the venv {path}:\n{made.stderr.strip()}")
     if not python.exists():
         raise BenchError(f"{path} exists but has no bin/python: not a venv; remove it or choose another directory")
-    check = [str(python), "-c", "import tornado, pycurl, apscheduler"]
+    check = [str(python), "-c", "import tornado, pycurl, apscheduler, pymongo, redis, onelogin.saml2, jose, xmlsec"]
     if subprocess.run(check, capture_output=True, timeout=START_TIMEOUT, check=False).returncode == 0:
         return python
     pinned = []
