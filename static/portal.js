@@ -68,7 +68,8 @@
   }
 
   function money(n) {
-    return "$" + n.toFixed(n < 1 ? 4 : 2);
+    // Prices are in whatever currency the operator set them in: no symbol is assumed.
+    return n.toFixed(n < 1 ? 4 : 2);
   }
 
   // --- views -------------------------------------------------------------------------------
