@@ -83,8 +83,10 @@ class Gateway:
         now = time.time()
         found, record, owner_limits = self.keys.get(key_hash, now)
         if not found:
+            generation = self.keys.generation
             record, owner_limits = await self._lookup(key_hash)
-            self.keys.put(key_hash, record, now, owner_limits)
+            if generation == self.keys.generation:
+                self.keys.put(key_hash, record, now, owner_limits)
         if record is None:
             raise unauthorized("Incorrect API key provided.")
         if not record.active:
@@ -145,8 +147,8 @@ class Gateway:
                 await shared.limiter.seed(totals)
                 await shared.client.set(EPOCH, str(time.time()))
             revoked = await self.in_thread(self._revoked_hashes)
-            if revoked:
-                await shared.invalidate("sync", "", revoked)
+            if revoked and await shared.drop_stale(revoked):
+                log.warning("reconciliation removed revoked keys from the shared cache")
         except RedisError as exc:
             shared.failed(exc)
 

@@ -77,13 +77,15 @@ class KeyCache:
     """Key hash -> record, with a TTL for hits and a shorter one for misses (negative cache).
 
     The steady state makes no store round trip; revocation through this process drops the entry
-    at once, and other replicas see it within the TTL.
+    at once, and other replicas see it within the TTL (at once through Redis). `generation` counts
+    invalidations, so a lookup that raced one is not cached.
     """
 
     def __init__(self, ttl: float, negative_ttl: float) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._entries: dict[str, _Entry] = {}
+        self.generation = 0
 
     def get(self, key_hash: str, now: float) -> tuple[bool, KeyRecord | None, dict[str, float]]:
         """(found, record, owner's limits): found is False when the store must be asked."""
@@ -101,14 +103,17 @@ class KeyCache:
         self._entries[key_hash] = _Entry(record, now + ttl, owner_limits)
 
     def drop_owner(self, owner: str) -> None:
+        self.generation += 1
         for key_hash, entry in list(self._entries.items()):
             if entry.record is not None and entry.record.owner == owner:
                 del self._entries[key_hash]
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries = {}
 
     def drop_key_id(self, key_id: str) -> None:
+        self.generation += 1
         for key_hash, entry in list(self._entries.items()):
             if entry.record is not None and entry.record.id == key_id:
                 del self._entries[key_hash]

@@ -212,19 +212,34 @@ class Portal:
         return name.strip(), models, None if expires is None else float(expires)
 
     async def create_key(self, user: UserRecord, body: Any) -> dict[str, Any]:
-        """Make a key for `user`: shown once in the answer, only its hash stored."""
+        """Make a key for `user`: shown once in the answer, only its hash stored.
+
+        The limit is checked before the insert (under a lock, for this process) and again after
+        it: another replica may have inserted at the same moment, and then the new key is revoked
+        unseen and the person asked to retry, so the limit is never exceeded.
+        """
         self._require_terms(user)
         name, models, expires_days = self._parse_new_key(user, body)
+        store = self.gateway.store
         async with self._create_lock:
-            records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username, True)
-            now = time.time()
-            if sum(1 for r in records if r.usable(now)) >= self.config.max_keys_per_user:
-                raise GatewayError(409, f"You already have {self.config.max_keys_per_user} active keys, the most "
-                                   "allowed. Revoke one you no longer use to create another.",
-                                   "invalid_request_error", "key_limit_reached")
+            await self._check_key_limit(user, 0)
             key, record = make_record(user.username, name, models, expires_days)
-            await self.gateway.in_thread(self.gateway.store.insert_key, record)
+            await self.gateway.in_thread(store.insert_key, record)
+            try:
+                await self._check_key_limit(user, 1)
+            except GatewayError:
+                await self.gateway.in_thread(store.revoke_key, record.id)
+                raise
         return {"key": key, "record": _key_view(record, time.time())}
+
+    async def _check_key_limit(self, user: UserRecord, mine: int) -> None:
+        """409 unless the person's usable keys, less `mine` just made, leave room for one more."""
+        records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username, True)
+        now = time.time()
+        if sum(1 for r in records if r.usable(now)) - mine >= self.config.max_keys_per_user:
+            raise GatewayError(409, f"You already have {self.config.max_keys_per_user} active keys, the most "
+                               "allowed. Revoke one you no longer use to create another.",
+                               "invalid_request_error", "key_limit_reached")
 
     async def revoke_key(self, user: UserRecord, key_id: str) -> dict[str, Any]:
         records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username)

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -27,8 +28,25 @@ log = logging.getLogger("llmgateway.redis")
 
 CHANNEL = "llmgw:invalidate"
 KEY_CACHE = "llmgw:key:"
+GONE = "llmgw:gone:"
 EPOCH = "llmgw:epoch"
+TOMBSTONE_SECONDS = 10
+CACHE_UNLESS_GONE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 1
+"""
 RETRY_SECONDS = 1.0
+
+
+def queue_invalidation(pipe: Any, kind: str, value: str, key_hashes: list[str], hold: int) -> None:
+    """Tombstone and delete the shared entries, then tell every replica (on a sync or async pipeline).
+
+    The tombstone stops a replica whose store read raced the change from caching the old record.
+    """
+    for key_hash in key_hashes:
+        pipe.set(GONE + key_hash, "1", ex=hold)
+        pipe.delete(KEY_CACHE + key_hash)
+    pipe.publish(CHANNEL, f"{kind} {value}")
 
 
 def announce(config: RedisConfig, kind: str, value: str, key_hashes: list[str]) -> bool:
@@ -37,9 +55,7 @@ def announce(config: RedisConfig, kind: str, value: str, key_hashes: list[str]) 
                                 socket_connect_timeout=config.timeout_seconds)
     try:
         pipe = client.pipeline(transaction=False)
-        for key_hash in key_hashes:
-            pipe.delete(KEY_CACHE + key_hash)
-        pipe.publish(CHANNEL, f"{kind} {value}")
+        queue_invalidation(pipe, kind, value, key_hashes, TOMBSTONE_SECONDS)
         pipe.execute()
     except RedisError:
         return False
@@ -74,6 +90,7 @@ class SharedState:
         self.listener = Redis.from_url(config.url, socket_connect_timeout=config.timeout_seconds,
                                        socket_keepalive=True)
         self.limiter = RedisLimiter(self.client)
+        self._cache = self.client.register_script(CACHE_UNLESS_GONE)
         self.on_message = on_message
         self.on_reconnect = on_reconnect
         self.up = False
@@ -160,8 +177,9 @@ class SharedState:
         if not self.up:
             return
         try:
-            await self.client.set(KEY_CACHE + record.hash, encode_identity(record, owner_limits),
-                                  ex=max(1, int(self.config.key_cache_ttl_seconds)))
+            ttl = max(1, int(self.config.key_cache_ttl_seconds))
+            await self._cache(keys=[KEY_CACHE + record.hash, GONE + record.hash],
+                              args=[encode_identity(record, owner_limits), ttl])
         except RedisError as exc:
             self.failed(exc)
 
@@ -169,14 +187,21 @@ class SharedState:
         """Drop cached keys everywhere: delete the shared entries, tell every replica."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key_hash in key_hashes:
-                    pipe.delete(KEY_CACHE + key_hash)
-                pipe.publish(CHANNEL, f"{kind} {value}")
+                queue_invalidation(pipe, kind, value, key_hashes, TOMBSTONE_SECONDS)
                 await pipe.execute()
         except RedisError as exc:
             self.failed(exc)
             return False
         return True
+
+    async def drop_stale(self, key_hashes: list[str]) -> int:
+        """Reconciliation: delete shared entries of keys the store says are revoked; tell replicas if any."""
+        dropped = 0
+        for start in range(0, len(key_hashes), 1000):
+            dropped += await self.client.delete(*(KEY_CACHE + h for h in key_hashes[start:start + 1000]))
+        if dropped:
+            await self.client.publish(CHANNEL, "flush ")
+        return dropped
 
     async def close(self) -> None:
         for task in list(self._tasks):

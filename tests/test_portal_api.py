@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import openai
@@ -187,3 +188,20 @@ def test_usage_shows_what_is_left_of_the_budgets(start_gateway: Callable[..., Ga
     assert budget["remaining"] == pytest.approx(0.49) and "0.49 of 0.50 left" in quota["summary"]
     bob = dev_login(gw, "bob")
     assert bob.call("GET", "usage")[1]["quota"]["budgets"][0]["spent"] == 0
+
+
+def test_key_limit_holds_across_two_replicas(start_gateway: Callable[..., GatewayProcess],
+                                             start_mock: Callable[..., MockUpstream], tmp_path) -> None:
+    upstream = start_mock().url
+    shared = {"env": {"LLMGW_SESSION_SECRET": "s" * 40}, "store_path": tmp_path / "shared.db"}
+    extra = "[portal]\nenabled = true\ndev_login = true\nmax_keys_per_user = 3\n"
+    replicas = [start_gateway(model_toml("test-model", [upstream]), extra=extra, **shared) for _ in range(2)]
+    people = [dev_login(gw, "alice") for gw in replicas]
+    assert people[0].call("POST", "terms", {"version": "1"})[0] == 200
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: people[i % 2].call("POST", "keys", {"name": f"k{i}"}), range(16)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {201, 409} and 1 <= statuses.count(201) <= 3
+    listed = people[1].call("GET", "keys")[1]["keys"]
+    active = [k for k in listed if k["status"] == "active"]
+    assert len(active) == statuses.count(201) <= 3, "never more active keys than the limit"
