@@ -37,10 +37,10 @@ def guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awa
     return run
 
 
-async def rollups(gateway: Gateway, config: JobsConfig) -> int:
+async def rollups(gateway: Gateway, config: JobsConfig, holder: str = HOLDER) -> int:
     """Rebuild the recent hourly and daily rollups (late events included) under a lease."""
     store = gateway.store
-    if not await gateway.in_thread(store.acquire_lease, "rollups", HOLDER, config.rollup_interval_seconds):
+    if not await gateway.in_thread(store.acquire_lease, "rollups", holder, config.rollup_interval_seconds):
         return 0
     now = time.time()
     written = 0
@@ -50,12 +50,12 @@ async def rollups(gateway: Gateway, config: JobsConfig) -> int:
     return written
 
 
-async def retention(gateway: Gateway, config: JobsConfig) -> int:
+async def retention(gateway: Gateway, config: JobsConfig, holder: str = HOLDER) -> int:
     """Drop raw events older than `jobs.retention_days` (0 keeps them for ever)."""
     if not config.retention_days:
         return 0
     store = gateway.store
-    if not await gateway.in_thread(store.acquire_lease, "retention", HOLDER, config.retention_interval_seconds):
+    if not await gateway.in_thread(store.acquire_lease, "retention", holder, config.retention_interval_seconds):
         return 0
     deleted = await gateway.in_thread(store.delete_usage_before, time.time() - config.retention_days * 86400)
     deleted_claims = await gateway.in_thread(store.purge_claims, time.time())
