@@ -154,6 +154,21 @@ def test_settlements_ride_on_the_next_admission_or_go_alone(redis_server: RedisS
     asyncio.run(main())
 
 
+def test_admissions_survive_a_script_flush_singly_and_batched(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        client = Redis.from_url(redis_server.url)
+        limiter = RedisLimiter(client)
+        checks = [check("requests_per_minute", 6)]
+        await client.script_flush()
+        assert (await limiter.admit(checks, "alone", 60)).allowed
+        await client.script_flush()
+        verdicts = await asyncio.gather(*(limiter.admit(checks, f"r{i}", 60) for i in range(8)))
+        assert sorted(v.used[0] for v in verdicts if v.allowed) == [2, 3, 4, 5, 6]
+        await client.aclose()
+
+    asyncio.run(main())
+
+
 def test_redis_seed_only_raises_counters(redis_server: RedisServer) -> None:
     async def main() -> None:
         client = Redis.from_url(redis_server.url)
