@@ -3,9 +3,9 @@
 Admission is one script call (one round trip): it reads every counter the call touches, and only
 if all limits hold does it apply every reservation, so two replicas can never both take the last
 slot. Time is Redis's own clock, so replicas with skewed clocks still share one window.
-Admissions that arrive in the same loop turn go out as one pipeline, and settlements are queued
-to ride on the next admission, so a busy replica makes at most one round trip per request (fewer
-under load); settlements that no admission carries within `SETTLE_DELAY` go on their own.
+Admissions that arrive while a round trip is in flight go out together as one pipeline, and
+settlements are queued to ride on the next admission, so a replica makes at most one round trip
+per request (fewer under load); settlements no admission carries within `SETTLE_DELAY` go alone.
 """
 
 from __future__ import annotations
@@ -138,30 +138,42 @@ class RedisLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self._admits: list[tuple[list[str], list[str | int | float], asyncio.Future]] = []
         self._batches: set[asyncio.Task] = set()
+        self._sending = False
 
     async def admit(self, checks: list[Check], request_id: str, lease: float) -> Verdict:
-        """Admit through the script; calls that arrive in the same loop turn share one pipeline."""
+        """Admit through the script; calls that arrive while a round trip is in flight share the next."""
         keys: list[str] = []
         args: list[str | int | float] = [request_id, lease]
         for check in checks:
             keys.append(PREFIX + check.counter)
             args += [check.kind, check.limit, check.amount, check.period_end]
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         self._admits.append((keys, args, future))
-        if len(self._admits) == 1:
-            loop.call_soon(self._start_batch)
+        if not self._sending:
+            self._sending = True
+            await self._drain()
         out = await future
         refused = int(out[0])
         used = [int(v) for v in out[3::2]]
         resets = [float(v) for v in out[4::2]]
         return Verdict(refused == 0, used, resets, refused - 1, float(out[1]), int(out[2]), self.name)
 
-    def _start_batch(self) -> None:
-        batch, self._admits = self._admits, []
-        task = asyncio.ensure_future(self._run_batch(batch))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+    async def _drain(self) -> None:
+        """Send what is queued; admissions that arrive meanwhile go together in the next pipeline.
+
+        An admission with nothing in flight goes out at once in its own coroutine (no extra loop
+        turn); under load, the round trip in flight gathers the next batch (group commit).
+        """
+        try:
+            batch, self._admits = self._admits, []
+            await self._run_batch(batch)
+        finally:
+            if self._admits:
+                task = asyncio.ensure_future(self._drain())
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+            else:
+                self._sending = False
 
     async def _run_batch(self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future]]) -> None:
         """One round trip for the batch; the first call also carries the queued settlements."""
