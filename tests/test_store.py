@@ -8,101 +8,35 @@ otherwise (test id `mongo-mongomock`), so the output always says which one ran.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import bson
 import pytest
 
 from llmgateway.keys import hash_key, make_record
 from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import Store, StoreError, open_store
 from llmgateway.store.mongo import MongoStore
+from tests.backends import MONGO, Backend, open_backend
 from tests.conftest import wait_for
 
-MONGODB_URI = os.environ.get("MONGODB_URI")
-MONGO = "mongo-real" if MONGODB_URI else "mongo-mongomock"
 HOUR, DAY = 3600.0, 86400.0
-
-
-@dataclass
-class Backend:
-    name: str
-    store: Store
-    raw: Callable[[], bytes]  # everything the backend holds, for the "key never stored" checks
-    url: str = ""  # for SQLite: what another process opens
-
-
-def _accept_sort(method: Callable) -> Callable:
-    """mongomock's bulk builder predates pymongo's `sort` argument to bulk updates; drop it (it is never set)."""
-
-    def call(self: object, *args: object, sort: object = None, **kwargs: object) -> object:
-        assert sort is None
-        return method(self, *args, **kwargs)
-
-    return call
-
-
-def _mongomock_client(monkeypatch: pytest.MonkeyPatch) -> object:
-    import mongomock
-    from mongomock.collection import BulkOperationBuilder
-
-    for name in ("add_update", "add_replace"):
-        method = getattr(BulkOperationBuilder, name)
-        if "sort" not in method.__code__.co_varnames:
-            monkeypatch.setattr(BulkOperationBuilder, name, _accept_sort(method))
-    return mongomock.MongoClient()
-
-
-def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = open_store(url)
-
-    def raw_file() -> bytes:
-        store.close()
-        return b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))
-
-    store.init()
-    yield Backend("sqlite", store, raw_file, url)
-    store.close()
-
-
-def _mongo_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    if MONGODB_URI:
-        store = MongoStore(MONGODB_URI, database=f"lgw_test_{uuid.uuid4().hex[:12]}")
-    else:
-        store = MongoStore("mongodb://mongomock/llmgateway", client=_mongomock_client(monkeypatch))
-
-    def raw_documents() -> bytes:
-        db = store.db
-        return b"".join(bson.encode(d) for name in db.list_collection_names() for d in db[name].find())
-
-    store.init()
-    yield Backend(MONGO, store, raw_documents)
-    store.client.drop_database(store.db.name)
-    store.close()
 
 
 @pytest.fixture(params=["sqlite", MONGO])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield from _sqlite_backend(tmp_path)
-    else:
-        yield from _mongo_backend(monkeypatch)
+    yield from open_backend(request.param, tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=[MONGO])
 def mongo(monkeypatch: pytest.MonkeyPatch) -> Iterator[MongoStore]:
     """The MongoDB backend alone, for what only it has (its id still says real server or mongomock)."""
-    for backend in _mongo_backend(monkeypatch):
+    for backend in open_backend(MONGO, None, monkeypatch):
         yield backend.store
 
 
