@@ -224,6 +224,12 @@ class Gateway:
                 log.warning("could not record key last-use times: %s", exc)
         return await self.in_thread(self.ledger.flush)
 
+    def redis_state(self) -> str:
+        """"off" (not configured), "up", or "down" (limits under `redis.on_failure` meanwhile)."""
+        if self.shared is None:
+            return "off"
+        return "up" if self.shared.up else "down"
+
     async def ready(self) -> bool:
         try:
             await self.in_thread(self.store.ping)

@@ -18,7 +18,15 @@ from typing import Any
 
 import redis
 
-from tests.conftest import GatewayProcess, MockUpstream, RedisServer, free_port, model_toml, wait_for
+from tests.conftest import (
+    GatewayProcess,
+    MockUpstream,
+    RedisServer,
+    free_port,
+    http_json,
+    model_toml,
+    wait_for,
+)
 
 # Each call asks for 10 completion tokens at 1.0 per 1k: it costs (and reserves) exactly 0.01.
 PRICED = {"completion_cost_per_1k": 1.0, "prompt_cost_per_1k": 0.0}
@@ -158,9 +166,11 @@ def test_refuse_policy_answers_503_until_redis_returns(start_mock, start_gateway
     key = gw.create_key()
     status, headers, body = post(gw, key)
     assert status == 503 and body["error"]["code"] == "limits_unavailable" and headers["retry-after"] == "1"
+    assert http_json("GET", gw.url + "/readyz") == (200, {"status": "ready", "redis": "down"})
     down.start()
     try:
         wait_for(lambda: post(gw, key)[0] == 200, timeout=10, what="admission once Redis is up")
+        assert http_json("GET", gw.url + "/readyz")[1]["redis"] == "up"
     finally:
         down.kill()
 
@@ -173,6 +183,7 @@ def test_without_redis_limits_are_exact_in_one_process_and_survive_a_restart(sta
     results = burst([lambda: post(gw, key) for _ in range(20)])
     assert [r[0] for r in results].count(200) == 4, "the budget (4 calls) binds before the 8 requests a minute"
     gw.wait_events(4)
+    assert http_json("GET", gw.url + "/readyz")[1] == {"status": "ready", "redis": "off"}
     gw.stop()
     gw.start()
     status, _, body = post(gw, key)
