@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +13,7 @@ from llmgateway.config import ConfigError, parse_config
 from llmgateway.limits import (
     MICROS,
     Check,
+    Limiter,
     Ticket,
     Verdict,
     build_checks,
@@ -27,7 +27,7 @@ from llmgateway.limits_local import LocalLimiter
 from llmgateway.limits_redis import RedisLimiter
 from tests.conftest import RedisServer
 
-Scenario = Callable[[Any], Awaitable[None]]
+Scenario = Callable[[Limiter], Awaitable[None]]
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -56,7 +56,7 @@ def check(name: str, limit: int, amount: int = 1, subject: str = "key:k1") -> Ch
     return Check(subject, name, limit, amount, period, end)
 
 
-async def drain(limiter: Any) -> None:
+async def drain(limiter: Limiter) -> None:
     """Let a Redis limiter send its queued settlements."""
     if isinstance(limiter, RedisLimiter):
         for _ in range(100):
@@ -66,7 +66,7 @@ async def drain(limiter: Any) -> None:
 
 
 def test_requests_per_minute_admits_exactly_the_limit(run_with: Callable[[Scenario], None]) -> None:
-    async def scenario(limiter: Any) -> None:
+    async def scenario(limiter: Limiter) -> None:
         checks = [check("requests_per_minute", 3)]
         verdicts = [await limiter.admit(checks, f"r{i}", 60) for i in range(5)]
         assert [v.allowed for v in verdicts] == [True, True, True, False, False]
@@ -78,7 +78,7 @@ def test_requests_per_minute_admits_exactly_the_limit(run_with: Callable[[Scenar
 
 
 def test_tokens_reserved_then_settled_to_real_usage(run_with: Callable[[Scenario], None]) -> None:
-    async def scenario(limiter: Any) -> None:
+    async def scenario(limiter: Limiter) -> None:
         checks = [check("tokens_per_minute", 100, amount=60)]
         first = await limiter.admit(checks, "r1", 60)
         assert first.allowed
@@ -92,7 +92,7 @@ def test_tokens_reserved_then_settled_to_real_usage(run_with: Callable[[Scenario
 
 
 def test_concurrency_slot_freed_by_settlement_or_lease(run_with: Callable[[Scenario], None]) -> None:
-    async def scenario(limiter: Any) -> None:
+    async def scenario(limiter: Limiter) -> None:
         checks = [check("concurrent_requests", 2)]
         a = await limiter.admit(checks, "a", 60)
         assert a.allowed and (await limiter.admit(checks, "b", 0.3)).allowed
@@ -111,7 +111,7 @@ def test_concurrency_slot_freed_by_settlement_or_lease(run_with: Callable[[Scena
 def test_budget_refuses_what_would_overshoot_and_checks_are_all_or_nothing(
     run_with: Callable[[Scenario], None],
 ) -> None:
-    async def scenario(limiter: Any) -> None:
+    async def scenario(limiter: Limiter) -> None:
         budget = check("cost_per_day", 1_000, amount=400, subject="user:alice")
         rpm = check("requests_per_minute", 100)
         verdicts = [await limiter.admit([rpm, budget], f"r{i}", 60) for i in range(3)]
@@ -125,7 +125,7 @@ def test_budget_refuses_what_would_overshoot_and_checks_are_all_or_nothing(
 
 
 def test_settlement_never_takes_a_budget_below_zero(run_with: Callable[[Scenario], None]) -> None:
-    async def scenario(limiter: Any) -> None:
+    async def scenario(limiter: Limiter) -> None:
         checks = [check("tokens_per_day", 1_000, amount=100)]
         verdict = await limiter.admit(checks, "r1", 60)
         limiter.settle(Ticket("r1", checks, verdict, True), 0, 0)
