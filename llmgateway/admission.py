@@ -90,6 +90,23 @@ class Admission:
             self.local.settle(ticket, tokens, cost)
 
 
+def budget_spend(store: Store, name: str, group: str, free_models: list[str], now: float,
+                 user: str | None = None) -> tuple[str, float, dict[str, float]]:
+    """(period, period end, spend per user or key) of one budget in its current period, from the store.
+
+    Cost budgets count every model's cost; token budgets count the free models' tokens only.
+    """
+    period, end = period_of(name, now)
+    since = end - (DAY if name.endswith("_day") else 7 * DAY)
+    cost = name.startswith("cost")
+    spent: dict[str, float] = {}
+    for model in [None] if cost else free_models:
+        for row in store.usage_summary(group, since=since, user=user, model=model):
+            value = row["cost"] if cost else row["prompt_tokens"] + row["completion_tokens"]
+            spent[row["group"]] = spent.get(row["group"], 0) + value
+    return period, end, spent
+
+
 def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str, tuple[int, float]]:
     """Budget counters as the store sees them: per user and key, this day and week.
 
@@ -98,16 +115,11 @@ def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str
     """
     totals: dict[str, tuple[int, float]] = {}
     for name in BUDGETS:
-        period, end = period_of(name, now)
-        since = end - (DAY if name.endswith("_day") else 7 * DAY)
-        models = [None] if name.startswith("cost") else free_models
+        scale = MICROS if name.startswith("cost") else 1
         for group in ("user", "key"):
-            for model in models:
-                for row in store.usage_summary(group, since=since, model=model):
-                    value = (round(row["cost"] * MICROS) if name.startswith("cost")
-                             else row["prompt_tokens"] + row["completion_tokens"])
-                    counter = f"{group}:{row['group']}:{KIND_OF[name]}:{period}"
-                    totals[counter] = (totals.get(counter, (0, end))[0] + value, end)
+            period, end, spent = budget_spend(store, name, group, free_models, now)
+            for who, value in spent.items():
+                totals[f"{group}:{who}:{KIND_OF[name]}:{period}"] = (round(value * scale), end)
     return totals
 
 
@@ -119,12 +131,8 @@ def quota_status(store: Store, username: str, limits: dict[str, float], free_mod
         limit = limits.get(name)
         if not limit:
             continue
-        _, end = period_of(name, now)
-        since = end - (DAY if name.endswith("_day") else 7 * DAY)
-        models = [None] if name.startswith("cost") else free_models
-        rows = [r for m in models for r in store.usage_summary("user", since=since, user=username, model=m)]
-        spent = (sum(r["cost"] for r in rows) if name.startswith("cost")
-                 else sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows))
+        _, end, spent_by_user = budget_spend(store, name, "user", free_models, now, user=username)
+        spent = spent_by_user.get(username, 0)
         budgets.append({"name": name, "limit": limit, "spent": spent, "remaining": max(0.0, limit - spent),
                         "resets_at": end})
     if not budgets:

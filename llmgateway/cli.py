@@ -20,6 +20,7 @@ from .config import LIMIT_NAMES, Config, ConfigError, load_config
 from .keys import make_record
 from .limits import merged
 from .log import setup_logging
+from .records import KeyRecord
 from .shared import announce
 from .store import BUCKETS, Store, StoreError, open_store
 from .store.base import GROUPS
@@ -87,7 +88,7 @@ def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
     now = time.time()
     if args.json:
         rows = [
-            {k: v for k, v in vars(r).items() if k != "hash"} | {"status": _status(r.active, r.expires, now)}
+            {k: v for k, v in vars(r).items() if k != "hash"} | {"status": r.status(now)}
             for r in keys
         ]
         print(json.dumps(rows, indent=2))
@@ -95,17 +96,9 @@ def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'ID':<21} {'USER':<16} {'NAME':<16} {'PREFIX':<14} {'STATUS':<8} {'CREATED':<21} {'EXPIRES':<21} "
           f"{'LAST USED':<21} MODELS")
     for r in keys:
-        print(f"{r.id:<21} {r.owner:<16} {r.name:<16} {r.prefix:<14} {_status(r.active, r.expires, now):<8} "
+        print(f"{r.id:<21} {r.owner:<16} {r.name:<16} {r.prefix:<14} {r.status(now):<8} "
               f"{_iso(r.created):<21} {_iso(r.expires):<21} {_iso(r.last_used):<21} {','.join(r.models) or '*'}")
     return 0
-
-
-def _status(active: bool, expires: float | None, now: float) -> str:
-    if not active:
-        return "revoked"
-    if expires is not None and now >= expires:
-        return "expired"
-    return "active"
 
 
 def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
@@ -135,12 +128,10 @@ def cmd_limits_set(args: argparse.Namespace, config: Config) -> int:
     if any(v < 0 for v in changes.values()):
         raise CliError("limits must be >= 0 (0 = no limit)")
     if args.key:
-        found = [k for k in store.list_keys() if k.id == args.key]
-        if not found:
-            raise CliError(f"no key with id {args.key!r} (see 'llmgateway keys list')")
-        limits = {**found[0].limits, **changes}
+        key = _key(store, args.key)
+        limits = {**key.limits, **changes}
         store.set_key_limits(args.key, limits)
-        _announce(config, "key", args.key, [found[0].hash])
+        _announce(config, "key", args.key, [key.hash])
     else:
         user = store.get_user(args.user)
         limits = {**(user.limits if user else {}), **changes}
@@ -150,13 +141,17 @@ def cmd_limits_set(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _key(store: Store, key_id: str) -> KeyRecord:
+    for record in store.list_keys():
+        if record.id == key_id:
+            return record
+    raise CliError(f"no key with id {key_id!r} (see 'llmgateway keys list')")
+
+
 def cmd_limits_show(args: argparse.Namespace, config: Config) -> int:
     store = _open(config)
     if args.key:
-        found = [k for k in store.list_keys() if k.id == args.key]
-        if not found:
-            raise CliError(f"no key with id {args.key!r} (see 'llmgateway keys list')")
-        own, defaults = found[0].limits, config.limits.key
+        own, defaults = _key(store, args.key).limits, config.limits.key
     else:
         user = store.get_user(args.user)
         own, defaults = (user.limits if user else {}), config.limits.user

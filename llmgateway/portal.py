@@ -67,15 +67,10 @@ def _forbidden(message: str, code: str) -> GatewayError:
 
 
 def _key_view(record: KeyRecord, now: float) -> dict[str, Any]:
-    if not record.active:
-        status = "revoked"
-    elif record.expires is not None and now >= record.expires:
-        status = "expired"
-    else:
-        status = "active"
     return {
         "id": record.id, "name": record.name, "prefix": record.prefix, "models": record.models,
-        "created": record.created, "expires": record.expires, "last_used": record.last_used, "status": status,
+        "created": record.created, "expires": record.expires, "last_used": record.last_used,
+        "status": record.status(now),
     }
 
 

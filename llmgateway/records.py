@@ -24,6 +24,12 @@ class KeyRecord:
     def usable(self, now: float) -> bool:
         return self.active and (self.expires is None or now < self.expires)
 
+    def status(self, now: float) -> str:
+        """"revoked", "expired" or "active", as the CLI and the portal show it."""
+        if not self.active:
+            return "revoked"
+        return "active" if self.usable(now) else "expired"
+
     def allows(self, model_id: str) -> bool:
         return not self.models or model_id in self.models
 
