@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -20,6 +21,9 @@ class KeyRecord:
     last_used: float | None = None
     models: list[str] = field(default_factory=list)
     limits: dict[str, float] = field(default_factory=dict)
+    owner_disabled: bool = False
+    """Not stored: filled in when the gateway loads the key with its owner, so that disabling a
+    person refuses all their keys through the same caches that carry revocations."""
 
     def usable(self, now: float) -> bool:
         return self.active and (self.expires is None or now < self.expires)
@@ -36,7 +40,11 @@ class KeyRecord:
 
 @dataclass
 class UserRecord:
-    """A person, as the IdP names them; `limits` overrides the configured defaults for them."""
+    """A person, as the IdP names them; `limits` overrides the configured defaults for them.
+
+    `is_admin` is what the IdP's admin rule said at the last login (refreshed at every login);
+    `admin_granted` is the admin role given by another admin or the CLI (kept across logins).
+    """
 
     username: str
     display_name: str = ""
@@ -46,6 +54,12 @@ class UserRecord:
     last_login: float | None = None
     agreement_version: str | None = None
     limits: dict[str, float] = field(default_factory=dict)
+    admin_granted: bool = False
+    disabled: bool = False
+
+    @property
+    def admin(self) -> bool:
+        return self.is_admin or self.admin_granted
 
 
 @dataclass
@@ -68,3 +82,47 @@ class UsageEvent:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ModelRecord:
+    """A model added through the admin API; `settings` holds what a `[[models]]` table would
+    (every key but `id`), so the config file's validation applies to both alike."""
+
+    id: str
+    settings: dict[str, Any]
+    created: float
+    updated: float
+
+
+@dataclass
+class AdminToken:
+    """A bearer token for the admin API: stored as its SHA-256 hash, shown once, revocable, expiring."""
+
+    id: str
+    name: str
+    hash: str
+    prefix: str
+    created_by: str
+    created: float
+    expires: float | None
+    active: bool = True
+    last_used: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.active and (self.expires is None or now < self.expires)
+
+
+@dataclass
+class AuditEntry:
+    """One change to the gateway's state: who (`actor`), through which door (`via`: api, ui,
+    portal or cli), from where (`source`: client address, or host for the CLI), what and when."""
+
+    ts: float
+    actor: str
+    via: str
+    source: str
+    action: str
+    target: str
+    details: dict[str, Any] = field(default_factory=dict)
+    id: str = ""

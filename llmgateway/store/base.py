@@ -7,11 +7,15 @@ never counts twice.
 
 from __future__ import annotations
 
-from typing import Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
-from ..records import KeyRecord, UsageEvent, UserRecord
+from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent, UserRecord
 
 GROUPS = ("user", "key", "model", "day")
+KEY_STATUSES = ("active", "revoked", "expired")
+USER_CHANGES = ("admin_granted", "disabled", "limits")
+KEY_CHANGES = ("name", "models", "expires", "limits")
+REPORT_ORDERS = ("group", "cost", "requests", "tokens")
 
 
 class StoreError(Exception):
@@ -20,6 +24,14 @@ class StoreError(Exception):
 
 class UsageRow(TypedDict):
     group: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    estimated: int
+
+
+class UsageTotals(TypedDict):
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -103,7 +115,9 @@ class Store(Protocol):
         """Rebuild the `bucket` ("hour" or "day", UTC-aligned) rollups whose start lies in [start, end).
 
         Replaces those rows from the raw events, so running it twice, or on two replicas at once,
-        gives the same rows. Returns how many rows were written.
+        gives the same rows. "day" also rebuilds the per-user daily rollups (per day, user and
+        model, without the key) that `usage_report` reads. Returns how many (per-key) rows were
+        written.
         """
 
     def usage_rollups(
@@ -149,3 +163,95 @@ class Store(Protocol):
 
     def purge_claims(self, now: float) -> int:
         """Drop claims that expired before `now`."""
+
+    # --- admin: people -------------------------------------------------------------------
+
+    def find_users(self, search: str | None = None, admin: bool | None = None, disabled: bool | None = None,
+                   offset: int = 0, limit: int = 50) -> tuple[list[UserRecord], int]:
+        """One page of users ordered by username, and how many match in all.
+
+        `search` is a case-insensitive substring of username, display name or email; `admin`
+        matches the effective role (`is_admin or admin_granted`).
+        """
+
+    def update_user(self, username: str, changes: dict[str, Any]) -> UserRecord | None:
+        """Apply `changes` (keys from USER_CHANGES) in one atomic write; None if no such user."""
+
+    # --- admin: keys ---------------------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
+                  search: str | None = None, now: float = 0.0, offset: int = 0,
+                  limit: int = 50) -> tuple[list[KeyRecord], int]:
+        """One page of keys, newest first (created descending, then id), and how many match in all.
+
+        `model`: keys that may use it (they list it, or list no model at all). `status`: one of
+        KEY_STATUSES as `KeyRecord.status(now)` tells it. `search`: case-insensitive substring of
+        the name, the id or the display prefix.
+        """
+
+    def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """Apply `changes` (keys from KEY_CHANGES; `expires` may be None) in one atomic write;
+        None if no such key."""
+
+    # --- admin: the model catalog ----------------------------------------------------------
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model added through the admin API, ordered by id."""
+
+    def get_model(self, model_id: str) -> ModelRecord | None: ...
+
+    def insert_model(self, record: ModelRecord) -> bool:
+        """Add the model; False (and nothing written) if the id is taken."""
+
+    def update_model(self, record: ModelRecord) -> bool:
+        """Replace settings and `updated` of an existing model; False if there is none."""
+
+    def delete_model(self, model_id: str) -> bool: ...
+
+    # --- admin: tokens -------------------------------------------------------------------
+
+    def insert_admin_token(self, token: AdminToken) -> None: ...
+
+    def admin_token_by_hash(self, token_hash: str) -> AdminToken | None: ...
+
+    def list_admin_tokens(self) -> list[AdminToken]:
+        """Every admin token, newest first."""
+
+    def revoke_admin_token(self, token_id: str) -> AdminToken | None:
+        """Mark the token inactive; return it, or None if no such token."""
+
+    def touch_admin_token(self, token_id: str, ts: float) -> None: ...
+
+    # --- audit log -----------------------------------------------------------------------
+
+    def insert_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append an entry; returns it with its `id` (assigned by the store, increasing with time)."""
+
+    def find_audit(self, actor: str | None = None, action: str | None = None, target: str | None = None,
+                   via: str | None = None, since: float = 0.0, until: float | None = None, offset: int = 0,
+                   limit: int = 50) -> tuple[list[AuditEntry], int]:
+        """One page of entries, newest first, and how many match. `action` matches as a prefix
+        ("key." finds every key change); the others match exactly; ts in [since, until)."""
+
+    # --- admin: usage --------------------------------------------------------------------
+
+    def usage_report(self, group_by: str, since: float, live_since: float, until: float | None = None,
+                     user: str | None = None, key_id: str | None = None, model: str | None = None,
+                     order: str = "group", offset: int = 0,
+                     limit: int | None = None) -> tuple[list[UsageRow], int, UsageTotals]:
+        """Usage grouped by user, key, model or day (YYYY-MM-DD): a page of rows, how many groups
+        there are, and the totals over all of them.
+
+        Reads the daily rollups for whole days in [since, live_since) and raw events from
+        live_since (or since, if later) to `until`, so a report over a year costs no more than
+        its rollups while the last days stay live. `since` and `live_since` are UTC midnights.
+        Without a key in group or filter it reads the per-user daily rollups, which carry no key
+        and so stay small however many keys there are. `order` is one of REPORT_ORDERS: "group"
+        ascending, the others descending ("tokens" is prompt + completion), ties by group.
+        """
+
+    def find_usage(self, user: str | None = None, key_id: str | None = None, since: float = 0.0,
+                   until: float | None = None, offset: int = 0, limit: int = 50) -> tuple[list[UsageEvent], int]:
+        """One page of raw events, newest first (ts descending, then request id), and how many match."""
