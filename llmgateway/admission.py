@@ -38,7 +38,6 @@ BUDGETS = ("cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week")
 class Admission:
     def __init__(self, config: Config, shared: SharedState | None) -> None:
         self.limits = config.limits
-        self.models = config.models
         self.on_failure = config.redis.on_failure
         self.shared = shared
         self.local = LocalLimiter()

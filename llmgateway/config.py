@@ -99,6 +99,15 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    bootstrap_token_env: str = "LLMGW_ADMIN_TOKEN"
+    token_days: float = 90.0
+    max_token_days: float = 365.0
+    catalog_refresh_seconds: float = 5.0
+    model_secret_envs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Upstream:
     url: str
     weight: float = 1.0
@@ -141,6 +150,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     portal: PortalConfig | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -166,7 +176,8 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
 
 def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Turn a parsed TOML document into a validated `Config`."""
-    known = {"server", "upstream", "store", "keys", "usage", "models", "limits", "redis", "jobs", "portal", "saml"}
+    known = {"server", "upstream", "store", "keys", "usage", "models", "limits", "redis", "jobs", "portal", "saml",
+             "admin"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
@@ -238,7 +249,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     from .portal_config import parse_portal  # imported here: it builds on this module's helpers
 
     return Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
-                  _parse_jobs(raw), parse_portal(raw, server))
+                  _parse_jobs(raw), parse_portal(raw, server), _parse_admin(raw))
 
 
 def parse_limit_values(raw: Any, where: str, allowed: tuple[str, ...] = LIMIT_NAMES) -> dict[str, float]:
@@ -297,6 +308,26 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
         rollup_interval_seconds=max(1.0, _number(table, "jobs.rollup_interval_seconds", 300.0)),
         retention_days=retention_days,
         retention_interval_seconds=max(1.0, _number(table, "jobs.retention_interval_seconds", 3600.0)),
+    )
+
+
+def _parse_admin(raw: Mapping[str, Any]) -> AdminConfig:
+    table = _table(raw, "admin")
+    _reject_unknown(table, "admin", {"bootstrap_token_env", "token_days", "max_token_days",
+                                     "catalog_refresh_seconds", "model_secret_envs"})
+    max_days = _number(table, "admin.max_token_days", 365.0)
+    token_days = _number(table, "admin.token_days", 90.0)
+    if not 0 < token_days <= max_days:
+        raise ConfigError("admin.token_days must be more than 0 and at most admin.max_token_days")
+    envs = table.get("model_secret_envs", [])
+    if not isinstance(envs, list) or not all(isinstance(e, str) and e for e in envs):
+        raise ConfigError(f"admin.model_secret_envs: {envs!r} must be a list of environment variable names")
+    return AdminConfig(
+        bootstrap_token_env=_str(table, "admin.bootstrap_token_env", "LLMGW_ADMIN_TOKEN"),
+        token_days=token_days,
+        max_token_days=max_days,
+        catalog_refresh_seconds=max(1.0, _number(table, "admin.catalog_refresh_seconds", 5.0)),
+        model_secret_envs=tuple(envs),
     )
 
 

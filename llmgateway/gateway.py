@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from . import catalog
 from .admission import Admission, quota_status, spent_in_store
-from .config import Config, resolve_secret
+from .config import Config
 from .errors import GatewayError, unauthorized
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
@@ -40,7 +41,8 @@ class Gateway:
         self.store = store
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
         self.keys = KeyCache(config.keys.cache_ttl_seconds, config.keys.negative_ttl_seconds)
-        self.router = Router([(m, resolve_secret(m)) for m in config.models])
+        served, self.model_problems = catalog.build(config, [])
+        self.router = Router(served)
         self.ledger = UsageLedger(
             store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
         )
@@ -55,6 +57,7 @@ class Gateway:
         self.shared = (SharedState(config.redis, self.invalidated, self.reconcile) if config.redis.url else None)
         self.admission = Admission(config, self.shared)
         self.free_models = [m.id for m in config.models if m.free]
+        self._refreshing: asyncio.Task | None = None
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the store pool, off the IOLoop."""
@@ -64,7 +67,28 @@ class Gateway:
         """Connect to Redis (if configured) and load what was already spent into the counters."""
         if self.shared is not None:
             await self.shared.start()
+        await self.refresh_models()
         await self.reconcile()
+
+    async def refresh_models(self) -> None:
+        """Scheduler job (and on a Redis announcement): serve the catalog the store now holds."""
+        try:
+            records = await self.in_thread(self.store.list_models)
+        except StoreError as exc:
+            log.warning("could not read the model catalog; serving the previous one: %s", exc)
+            return
+        served, problems = catalog.build(self.config, records)
+        for model_id, problem in problems.items():
+            if self.model_problems.get(model_id) != problem:
+                log.error("model %s is not served by this replica: %s", model_id, problem)
+        self.model_problems = problems
+        self.router.replace(served)
+        self.free_models = [m.id for m, _ in served if m.free]
+
+    def models_changed(self) -> None:
+        """Refresh soon, once, however many announcements arrive together."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh_models())
 
     async def _seed_local(self) -> None:
         totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
@@ -93,6 +117,8 @@ class Gateway:
             raise unauthorized("This API key has been revoked.", "revoked_api_key")
         if record.expires is not None and now >= record.expires:
             raise unauthorized("This API key has expired.", "expired_api_key")
+        if record.owner_disabled:
+            raise unauthorized("The account this API key belongs to has been disabled.", "user_disabled")
         self.last_used[record.id] = now
         return record, owner_limits
 
@@ -117,7 +143,10 @@ class Gateway:
         if record is None:
             return None, {}
         owner = self.store.get_user(record.owner)
-        return record, owner.limits if owner else {}
+        if owner is None:
+            return record, {}
+        record.owner_disabled = owner.disabled
+        return record, owner.limits
 
     def invalidated(self, kind: str, value: str) -> None:
         """A message on the invalidation channel (or a reconnect): drop what this process cached."""
@@ -125,8 +154,11 @@ class Gateway:
             self.keys.drop_key_id(value)
         elif kind == "user":
             self.keys.drop_owner(value)
+        elif kind == "models":
+            self.models_changed()
         else:
             self.keys.clear()
+            self.models_changed()
 
     async def reconcile(self) -> None:
         """Scheduler job: make the counters and the shared key cache agree with the store.
@@ -158,10 +190,28 @@ class Gateway:
     async def revoke_key(self, key_id: str) -> KeyRecord | None:
         """Revoke in the store, then drop the key from every replica's cache (at once through Redis)."""
         record = await self.in_thread(self.store.revoke_key, key_id)
-        self.keys.drop_key_id(key_id)
-        if record is not None and self.shared is not None:
-            await self.shared.invalidate("key", key_id, [record.hash])
+        if record is not None:
+            await self.forget_key(record)
         return record
+
+    async def forget_key(self, record: KeyRecord) -> None:
+        """A key changed in the store: drop it from every replica's caches."""
+        self.keys.drop_key_id(record.id)
+        if self.shared is not None:
+            await self.shared.invalidate("key", record.id, [record.hash])
+
+    async def forget_user(self, username: str) -> None:
+        """A person changed (disabled, limits): drop all their keys from every replica's caches."""
+        self.keys.drop_owner(username)
+        if self.shared is not None:
+            hashes = [k.hash for k in await self.in_thread(self.store.list_keys, username)]
+            await self.shared.invalidate("user", username, hashes)
+
+    async def models_saved(self) -> None:
+        """The catalog changed in the store: serve it here now, and on every replica at once."""
+        await self.refresh_models()
+        if self.shared is not None:
+            await self.shared.invalidate("models", "*", [])
 
     async def quota(self, username: str, own_limits: dict[str, float]) -> dict | None:
         """What is left of a person's budgets today and this week, from the store (None: no budgets)."""

@@ -46,9 +46,21 @@ class Router:
 
     def __init__(self, models: list[tuple[ModelConfig, str]]) -> None:
         self.routes: dict[str, Route] = {}
+        self.replace(models)
+
+    def replace(self, models: list[tuple[ModelConfig, str]]) -> None:
+        """Swap in a new catalog in one assignment; an upstream that stays keeps its state, so
+        calls in flight release their slot where new calls count it."""
+        old = {(model_id, u.url): u for model_id, route in self.routes.items() for u in route.pool}
+        routes = {}
         for model, secret in models:
-            pool = [UpstreamState(u.url, u.weight) for u in model.upstreams]
-            self.routes[model.id] = Route(model, secret, pool)
+            pool = []
+            for u in model.upstreams:
+                state = old.get((model.id, u.url)) or UpstreamState(u.url, u.weight)
+                state.weight = u.weight
+                pool.append(state)
+            routes[model.id] = Route(model, secret, pool)
+        self.routes = routes
 
     def get(self, model_id: str) -> Route | None:
         route = self.routes.get(model_id)

@@ -27,6 +27,8 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
                       seconds=jobs.rollup_interval_seconds, id="rollups", **every)
     scheduler.add_job(guarded("retention", lambda: retention(gateway, jobs)), "interval",
                       seconds=jobs.retention_interval_seconds, id="retention", **every)
+    scheduler.add_job(guarded("models", gateway.refresh_models), "interval",
+                      seconds=gateway.config.admin.catalog_refresh_seconds, id="models", **every)
     if gateway.shared is not None:
         scheduler.add_job(guarded("reconcile", gateway.reconcile), "interval",
                           seconds=gateway.config.redis.reconcile_interval_seconds, id="reconcile", **every)
