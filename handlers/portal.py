@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from tornado.web import HTTPError
 
+from llmgateway.audit import Actor
 from llmgateway.errors import GatewayError, bad_request
 from llmgateway.portal import safe_next
 from llmgateway.sessions import SESSION_COOKIE
@@ -93,8 +94,13 @@ class DevLoginHandler(PageHandler):
             self.render_page("dev_login.html", 400, heading="Development login", next=next_path,
                              error="Enter a username (at most 200 characters).")
             return
-        token, claims = await self.portal.log_in(username, self.get_body_argument("display_name", "").strip()[:200],
-                                                 "", self.get_body_argument("admin", "") == "on")
+        try:
+            token, claims = await self.portal.log_in(username,
+                                                     self.get_body_argument("display_name", "").strip()[:200], "",
+                                                     self.get_body_argument("admin", "") == "on")
+        except GatewayError as err:
+            self.message_page(err.status, "You cannot use this service", err.message)
+            return
         self.set_private_cookie(SESSION_COOKIE, token, claims["exp"])
         log.warning("development login of %s", username)
         self.redirect(self.path(next_path), status=303)
@@ -122,6 +128,10 @@ class JsonHandler(SessionHandler):
     error_codes = {401: "not_logged_in", 403: "forbidden"}
     write_error = BaseHandler.write_error
 
+    def actor(self) -> Actor:
+        assert self.session is not None
+        return Actor(self.session.user.username, "portal", self.request.remote_ip or "")
+
 
 class MeHandler(JsonHandler):
     """GET /portal/api/me: who is logged in, the current terms, the models and the key limit."""
@@ -137,7 +147,7 @@ class TermsHandler(JsonHandler):
     async def post(self) -> None:
         assert self.session is not None
         try:
-            self.write_json(await self.portal.accept_terms(self.session.user, self.json_body()))
+            self.write_json(await self.portal.accept_terms(self.session.user, self.json_body(), self.actor()))
         except GatewayError as err:
             self.fail(err)
 
@@ -152,7 +162,7 @@ class KeysHandler(JsonHandler):
     async def post(self) -> None:
         assert self.session is not None
         try:
-            self.write_json(await self.portal.create_key(self.session.user, self.json_body()), 201)
+            self.write_json(await self.portal.create_key(self.session.user, self.json_body(), self.actor()), 201)
         except GatewayError as err:
             self.fail(err)
 
@@ -163,7 +173,7 @@ class KeyHandler(JsonHandler):
     async def delete(self, key_id: str) -> None:
         assert self.session is not None
         try:
-            self.write_json(await self.portal.revoke_key(self.session.user, key_id))
+            self.write_json(await self.portal.revoke_key(self.session.user, key_id, self.actor()))
         except GatewayError as err:
             self.fail(err)
 

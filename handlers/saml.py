@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from llmgateway.errors import GatewayError
 from llmgateway.portal import DEFAULT_NEXT, safe_next
 from llmgateway.saml import SamlError, ServiceProvider
 from llmgateway.sessions import LOGIN_COOKIE, LOGIN_STATE_SECONDS, SESSION_COOKIE
@@ -90,10 +91,15 @@ class AcsHandler(SamlHandler):
             log.info("SAML login of %s refused: not eligible", person.username)
             self.message_page(403, "You cannot use this service", person.reason)
             return
-        token, claims = await self.portal.log_in(
-            person.username, person.display_name, person.email, person.is_admin,
-            {"nid": assertion.name_id, "nidf": assertion.name_id_format, "sidx": assertion.session_index},
-        )
+        try:
+            token, claims = await self.portal.log_in(
+                person.username, person.display_name, person.email, person.is_admin,
+                {"nid": assertion.name_id, "nidf": assertion.name_id_format, "sidx": assertion.session_index},
+            )
+        except GatewayError as err:
+            log.info("SAML login of %s refused: %s", person.username, err.code)
+            self.message_page(err.status, "You cannot use this service", err.message)
+            return
         self.set_private_cookie(SESSION_COOKIE, token, claims["exp"])
         log.info("SAML login of %s", person.username)
         self.redirect(self.path(next_path), status=303)

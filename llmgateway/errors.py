@@ -54,3 +54,11 @@ def unauthorized(message: str, code: str = "invalid_api_key") -> GatewayError:
 
 def upstream_failure(status: int, message: str, code: str) -> GatewayError:
     return GatewayError(status, message, "upstream_error", code)
+
+
+def not_found(what: str, code: str) -> GatewayError:
+    return GatewayError(404, f"No such {what}.", "invalid_request_error", code)
+
+
+def conflict(message: str, code: str, param: str | None = None) -> GatewayError:
+    return GatewayError(409, message, "invalid_request_error", code, param)

@@ -7,7 +7,6 @@ Handlers pass in what a person sent and get back plain dicts for JSON, or a `Gat
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import audit, inputs
+from .audit import Actor
 from .config import ConfigError
 from .errors import GatewayError, bad_request
 from .gateway import Gateway
@@ -27,8 +28,6 @@ from .sessions import LOGOUT_NAMESPACE, Sessions, load_secret
 DEFAULT_NEXT = "/portal"
 USAGE_DAYS = 30
 MAX_USAGE_DAYS = 90
-MAX_KEY_NAME = 100
-MAX_EXPIRY_DAYS = 3650
 DEFAULT_TERMS = """By creating and using API keys you agree that:
 
 1. A key is personal. Do not share it; revoke it at once if it may have leaked.
@@ -115,7 +114,7 @@ class Portal:
         if await self.gateway.in_thread(store.is_claimed, LOGOUT_NAMESPACE, claims["jti"]):
             return None
         user = await self.gateway.in_thread(store.get_user, claims["sub"])
-        return Session(user, claims) if user is not None else None
+        return Session(user, claims) if user is not None and not user.disabled else None
 
     async def claim_assertion(self, assertion: Assertion) -> bool:
         """Accept each assertion ID once, across every replica sharing the store."""
@@ -124,11 +123,15 @@ class Portal:
 
     async def log_in(self, username: str, display_name: str, email: str, is_admin: bool,
                      saml: dict[str, str] | None = None) -> tuple[str, dict]:
-        """Record the person (created or refreshed) and issue their session token."""
+        """Record the person (created or refreshed) and issue their session token; a 403 for a
+        person an admin disabled."""
         now = time.time()
         record = UserRecord(username=username, display_name=display_name, email=email, is_admin=is_admin,
                             created=now, last_login=now)
-        await self.gateway.in_thread(self.gateway.store.upsert_user, record)
+        stored = await self.gateway.in_thread(self.gateway.store.upsert_user, record)
+        if stored.disabled:
+            raise _forbidden("Your account on this service has been disabled by its administrators.",
+                             "user_disabled")
         return self.sessions.issue(username, saml, now)
 
     async def log_out(self, claims: dict[str, Any]) -> None:
@@ -157,7 +160,7 @@ class Portal:
             "title": self.config.title,
         }
 
-    async def accept_terms(self, user: UserRecord, body: Any) -> dict[str, Any]:
+    async def accept_terms(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:
         version = body.get("version") if isinstance(body, dict) else None
         if not isinstance(version, str):
             raise bad_request("Send the version of the terms you accept, as a string.", "version")
@@ -165,6 +168,8 @@ class Portal:
             raise GatewayError(409, "These terms have changed since the page was loaded; reload and read them again.",
                                "invalid_request_error", "terms_changed", "version")
         await self.gateway.in_thread(self.gateway.store.set_agreement, user.username, version)
+        await self.gateway.in_thread(audit.record, self.gateway.store, actor, "terms.accept", user.username,
+                                     {"version": version})
         return {"accepted": True, "version": version}
 
     def _require_terms(self, user: UserRecord) -> None:
@@ -181,32 +186,11 @@ class Portal:
                 "active": sum(1 for k in keys if k["status"] == "active")}
 
     def _parse_new_key(self, user: UserRecord, body: Any) -> tuple[str, list[str], float | None]:
-        if not isinstance(body, dict):
-            raise bad_request("The body must be a JSON object.")
-        unknown = set(body) - {"name", "models", "expires_days"}
-        if unknown:
-            raise bad_request(f"Unknown field {sorted(unknown)[0]!r}.", sorted(unknown)[0])
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise bad_request("Give the key a name.", "name")
-        if len(name.strip()) > MAX_KEY_NAME or any(ord(c) < 0x20 for c in name):
-            raise bad_request(f"The name must be at most {MAX_KEY_NAME} characters, without control characters.",
-                              "name")
-        models = body.get("models") or []
-        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-            raise bad_request("models must be a list of model ids.", "models")
-        allowed = self.models_for(user)
-        for model in models:
-            if model not in allowed:
-                raise bad_request(f"You cannot use the model {model!r}.", "models")
-        expires = body.get("expires_days")
-        if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
-                                    or not math.isfinite(expires) or not 0 < expires <= MAX_EXPIRY_DAYS):
-            raise bad_request(f"expires_days must be a number of days from 1 to {MAX_EXPIRY_DAYS}, or null.",
-                              "expires_days")
-        return name.strip(), models, None if expires is None else float(expires)
+        body = inputs.object_body(body, {"name", "models", "expires_days"})
+        return (inputs.key_name(body.get("name")), inputs.model_list(body.get("models", []), self.models_for(user)),
+                inputs.expires_days(body.get("expires_days")))
 
-    async def create_key(self, user: UserRecord, body: Any) -> dict[str, Any]:
+    async def create_key(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:
         """Make a key for `user`: shown once in the answer, only its hash stored.
 
         The limit is checked before the insert (under a lock, for this process) and again after
@@ -225,6 +209,8 @@ class Portal:
             except GatewayError:
                 await self.gateway.in_thread(store.revoke_key, record.id)
                 raise
+        await self.gateway.in_thread(audit.record, store, actor, "key.create", record.id,
+                                     {"owner": record.owner, "name": name, "models": models, "expires": record.expires})
         return {"key": key, "record": _key_view(record, time.time())}
 
     async def _check_key_limit(self, user: UserRecord, mine: int) -> None:
@@ -236,13 +222,15 @@ class Portal:
                                "allowed. Revoke one you no longer use to create another.",
                                "invalid_request_error", "key_limit_reached")
 
-    async def revoke_key(self, user: UserRecord, key_id: str) -> dict[str, Any]:
+    async def revoke_key(self, user: UserRecord, key_id: str, actor: Actor) -> dict[str, Any]:
         records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username)
         if not any(r.id == key_id for r in records):
             raise GatewayError(404, "No such key among yours.", "invalid_request_error", "key_not_found")
         record = await self.gateway.revoke_key(key_id)
         if record is None:
             raise GatewayError(404, "No such key among yours.", "invalid_request_error", "key_not_found")
+        await self.gateway.in_thread(audit.record, self.gateway.store, actor, "key.revoke", key_id,
+                                     {"owner": record.owner})
         return {"record": _key_view(record, time.time())}
 
     # --- usage ----------------------------------------------------------------------------
