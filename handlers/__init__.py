@@ -6,18 +6,21 @@ from typing import Any
 
 from tornado.web import Application, StaticFileHandler
 
+from llmgateway.admin import Admin
 from llmgateway.gateway import Gateway
 from llmgateway.portal import Portal
 
 from . import portal as portal_door
 from . import saml
+from .admin import AdminPageHandler, admin_routes
 from .base import NotFoundHandler
 from .health import HealthHandler, ReadyHandler
 from .openai import ModelsHandler, ProxyHandler
 
 
-def make_app(gateway: Gateway, portal: Portal | None = None, **settings: Any) -> Application:
-    """All routes of the gateway; the portal's and SAML's only when the portal is enabled."""
+def make_app(gateway: Gateway, portal: Portal | None = None, admin: Admin | None = None,
+             **settings: Any) -> Application:
+    """All routes of the gateway; the portal's, SAML's and the admin UI's only when the portal is enabled."""
     args = {"gateway": gateway}
     routes: list[tuple] = [
         (r"/healthz", HealthHandler, args),
@@ -26,6 +29,7 @@ def make_app(gateway: Gateway, portal: Portal | None = None, **settings: Any) ->
         (r"/v1/models/(.+)", ModelsHandler, args),
         (r"/v1/(.+)", ProxyHandler, args),
     ]
+    routes += admin_routes(gateway, admin or Admin(gateway, None), portal)
     if portal is not None:
         routes += portal_routes(gateway, portal)
         settings.update(xsrf_cookies=True,
@@ -45,7 +49,8 @@ def portal_routes(gateway: Gateway, portal: Portal) -> list[tuple]:
         (r"/portal/api/keys", portal_door.KeysHandler, args),
         (r"/portal/api/keys/([A-Za-z0-9_-]{1,64})", portal_door.KeyHandler, args),
         (r"/portal/api/usage", portal_door.UsageHandler, args),
-        (r"/static/(portal\.(?:css|js))", StaticFileHandler, {"path": str(portal_door.STATIC)}),
+        (r"/static/((?:portal|admin)\.(?:css|js))", StaticFileHandler, {"path": str(portal_door.STATIC)}),
+        (r"/admin", AdminPageHandler, args),
     ]
     if portal.config.dev_login:
         routes.append((r"/portal/dev-login", portal_door.DevLoginHandler, args))

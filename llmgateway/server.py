@@ -17,6 +17,8 @@ from tornado.httpserver import HTTPServer
 from handlers import make_app
 from handlers.openai import HARD_BODY_CAP
 
+from .admin import Admin
+from .admin_auth import bootstrap_hash
 from .config import Config, ConfigError
 from .gateway import Gateway
 from .log import log_request, quiet_access_log
@@ -49,10 +51,11 @@ async def serve(config: Config) -> None:
         quiet_access_log()
     try:
         portal = await gateway.in_thread(Portal.build, gateway) if config.portal is not None else None
+        admin = Admin(gateway, bootstrap_hash(config.admin))
     except ConfigError:
         gateway.close()
         raise
-    app = make_app(gateway, portal, log_function=log_request)
+    app = make_app(gateway, portal, admin, log_function=log_request)
     server = HTTPServer(app, max_body_size=HARD_BODY_CAP, idle_connection_timeout=75)
     try:
         server.listen(config.server.port, config.server.host)
