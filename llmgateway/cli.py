@@ -10,54 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
+from . import audit, cli_admin
+from .cli_admin import MAX_LIST, cli_actor
+from .cli_common import CliError, announce_change, iso, open_configured, parse_time, positive_float
 from .config import LIMIT_NAMES, Config, ConfigError, load_config
 from .keys import make_record
 from .limits import merged
 from .log import setup_logging
 from .records import KeyRecord
-from .shared import announce
-from .store import BUCKETS, Store, StoreError, open_store
+from .store import BUCKETS, Store, StoreError
 from .store.base import GROUPS
-
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
-
-
-def parse_time(value: str, now: float | None = None) -> float:
-    """An ISO date/time (UTC if no zone) or a span back from now like 24h, 7d, 30m."""
-    now = time.time() if now is None else now
-    match = RELATIVE.match(value.strip())
-    if match:
-        return now - float(match.group(1)) * UNITS[match.group(2)]
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise CliError(f"cannot read time {value!r}: use an ISO date like 2026-11-01 or a span like 7d") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _open(config: Config) -> Store:
-    store = open_store(config.store_url)
-    store.init()
-    return store
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
@@ -69,23 +35,35 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else []
-    known = {m.id for m in config.models}
+    store = open_configured(config)
+    known = {m.id for m in config.models} | {m.id for m in store.list_models()} if models else set()
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise CliError(f"unknown model {unknown[0]!r} (configured: {', '.join(sorted(known)) or 'none'})")
+        raise CliError(f"unknown model {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
     try:
         key, record = make_record(args.user, args.name, models, args.expires_days)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    _open(config).insert_key(record)
+    store.insert_key(record)
+    audit.record(store, cli_actor(), "key.create", record.id,
+                 {"owner": record.owner, "name": record.name, "models": models, "expires": record.expires})
     print(key)
     print(f"created {record.id} for {record.owner} ({record.prefix}...); the key is shown only once", file=sys.stderr)
     return 0
 
 
 def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
-    keys = _open(config).list_keys(owner=args.user, active_only=args.active)
+    """`keys list` and `admin keys list` (the latter filtered and capped in the store)."""
     now = time.time()
+    store = open_configured(config)
+    if getattr(args, "admin_list", False):
+        if not 1 <= args.limit <= MAX_LIST:
+            raise CliError(f"--limit must be from 1 to {MAX_LIST}")
+        keys, total = store.find_keys(args.user, args.model, args.status, args.search, now, 0, args.limit)
+        if total > len(keys):
+            print(f"showing {len(keys)} of {total} keys (raise --limit or filter)", file=sys.stderr)
+    else:
+        keys = store.list_keys(owner=args.user, active_only=args.active)
     if args.json:
         rows = [
             {k: v for k, v in vars(r).items() if k != "hash"} | {"status": r.status(now)}
@@ -97,27 +75,23 @@ def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
           f"{'LAST USED':<21} MODELS")
     for r in keys:
         print(f"{r.id:<21} {r.owner:<16} {r.name:<16} {r.prefix:<14} {r.status(now):<8} "
-              f"{_iso(r.created):<21} {_iso(r.expires):<21} {_iso(r.last_used):<21} {','.join(r.models) or '*'}")
+              f"{iso(r.created):<21} {iso(r.expires):<21} {iso(r.last_used):<21} {','.join(r.models) or '*'}")
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
-    record = _open(config).revoke_key(args.key_id)
+    store = open_configured(config)
+    record = store.revoke_key(args.key_id)
     if record is None:
         raise CliError(f"no key with id {args.key_id!r} (see 'llmgateway keys list')")
+    audit.record(store, cli_actor(), "key.revoke", record.id, {"owner": record.owner})
     print(f"revoked {record.id} ({record.owner}/{record.name})", file=sys.stderr)
-    _announce(config, "key", record.id, [record.hash])
+    announce_change(config, "key", record.id, [record.hash])
     return 0
 
 
-def _announce(config: Config, kind: str, value: str, key_hashes: list[str]) -> None:
-    if config.redis.url and not announce(config.redis, kind, value, key_hashes):
-        print(f"warning: Redis unreachable; running gateways apply this within {config.keys.cache_ttl_seconds:g} s",
-              file=sys.stderr)
-
-
 def cmd_limits_set(args: argparse.Namespace, config: Config) -> int:
-    store = _open(config)
+    store = open_configured(config)
     try:
         changes = {name: float(v) for name, v in (item.split("=", 1) for item in args.limit)}
     except ValueError:
@@ -131,25 +105,27 @@ def cmd_limits_set(args: argparse.Namespace, config: Config) -> int:
         key = _key(store, args.key)
         limits = {**key.limits, **changes}
         store.set_key_limits(args.key, limits)
-        _announce(config, "key", args.key, [key.hash])
+        announce_change(config, "key", args.key, [key.hash])
+        audit.record(store, cli_actor(), "key.update", args.key, {"owner": key.owner, "changes": {"limits": limits}})
     else:
         user = store.get_user(args.user)
         limits = {**(user.limits if user else {}), **changes}
         store.set_user_limits(args.user, limits)
-        _announce(config, "user", args.user, [k.hash for k in store.list_keys(owner=args.user)])
+        announce_change(config, "user", args.user, [k.hash for k in store.list_keys(owner=args.user)])
+        audit.record(store, cli_actor(), "user.update", args.user, {"changes": {"limits": limits}})
     print(json.dumps(limits, sort_keys=True))
     return 0
 
 
 def _key(store: Store, key_id: str) -> KeyRecord:
-    for record in store.list_keys():
-        if record.id == key_id:
-            return record
+    record = store.get_key(key_id)
+    if record is not None:
+        return record
     raise CliError(f"no key with id {key_id!r} (see 'llmgateway keys list')")
 
 
 def cmd_limits_show(args: argparse.Namespace, config: Config) -> int:
-    store = _open(config)
+    store = open_configured(config)
     if args.key:
         own, defaults = _key(store, args.key).limits, config.limits.key
     else:
@@ -164,7 +140,7 @@ def cmd_rollups_rebuild(args: argparse.Namespace, config: Config) -> int:
     until = parse_time(args.until) if args.until else time.time()
     if until <= since:
         raise CliError("--until must be later than --since")
-    store = _open(config)
+    store = open_configured(config)
     for bucket, size in BUCKETS.items():
         written = store.rollup_usage(bucket, since // size * size, until)
         print(f"{bucket}: {written} rows", file=sys.stderr)
@@ -176,7 +152,8 @@ def cmd_usage(args: argparse.Namespace, config: Config) -> int:
     until = parse_time(args.until) if args.until else None
     if until is not None and until <= since:
         raise CliError("--until must be later than --since")
-    rows = _open(config).usage_summary(args.by, since, until, user=args.user, key_id=args.key, model=args.model)
+    rows = open_configured(config).usage_summary(args.by, since, until, user=args.user, key_id=args.key,
+                                                 model=args.model)
     totals = {
         "requests": sum(r["requests"] for r in rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
@@ -209,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True, help="owner of the key")
     create.add_argument("--name", required=True, help="a name to recognise the key by")
     create.add_argument("--models", help="comma-separated model ids this key may use (default: all)")
-    create.add_argument("--expires-days", type=_positive_float, help="expire after this many days")
+    create.add_argument("--expires-days", type=positive_float, help="expire after this many days")
     create.set_defaults(func=cmd_keys_create)
     listing = keys.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
     listing.add_argument("--user", help="only this user's keys")
@@ -248,17 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--model", help="only this model")
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(func=cmd_usage)
+    cli_admin.add_parsers(sub, common, cmd_keys_list, cmd_keys_revoke)
     return parser
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
