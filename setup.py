@@ -29,7 +29,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock",
-                 "pysaml2>=7.5", "playwright>=1.40", "requests>=2.31"],
+                 "pysaml2>=7.5", "playwright>=1.40", "requests>=2.31",
+                 # Checks the admin API's OpenAPI document against the live server.
+                 "schemathesis>=4.32,<5"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},
