@@ -13,20 +13,35 @@ with a TTL index (an hour's grace) only as a backstop to `purge_claims`.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from ..records import KeyRecord, UsageEvent, UserRecord
-from .base import BUCKETS, GROUPS, DailyRow, RollupRow, StoreError, UsageRow
+from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent, UserRecord
+from .base import (
+    BUCKETS,
+    GROUPS,
+    KEY_CHANGES,
+    KEY_STATUSES,
+    REPORT_ORDERS,
+    USER_CHANGES,
+    DailyRow,
+    RollupRow,
+    StoreError,
+    UsageRow,
+    UsageTotals,
+)
 
 DEFAULT_DATABASE = "llmgateway"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -35,7 +50,18 @@ DUPLICATE_KEY = 11000
 CLAIM_TTL_GRACE_SECONDS = 3600
 ROLLUP_KEY = ("bucket", "start", "user", "key_id", "model")
 USER_FIELDS = tuple(f.name for f in fields(UserRecord) if f.name != "username")
-KEY_FIELDS = tuple(f.name for f in fields(KeyRecord) if f.name != "id")
+# `owner_disabled` is the owner's state, filled in by the gateway: never stored with the key.
+KEY_FIELDS = tuple(f.name for f in fields(KeyRecord) if f.name not in ("id", "owner_disabled"))
+TOKEN_FIELDS = tuple(f.name for f in fields(AdminToken) if f.name != "id")
+AUDIT_FIELDS = tuple(f.name for f in fields(AuditEntry) if f.name != "id")
+DAILY_USER_KEY = ("start", "user", "model")
+# Days of per-user rollups derived per step when upgrading a store written before they existed.
+BACKFILL_DAYS = 31
+SUM_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost", "estimated")
+# Sums of rollup rows (already sums of events).
+ROLLUP_SUMS = {name: {"$sum": f"${name}"} for name in SUM_FIELDS}
+# The field a usage report groups rollup rows by; raw events group by the same field, or by their day.
+REPORT_FIELD = {"user": "user", "key": "key_id", "model": "model", "day": "start"}
 SUMS = {
     "requests": {"$sum": 1},
     "prompt_tokens": {"$sum": "$prompt_tokens"},
@@ -43,15 +69,41 @@ SUMS = {
     "cost": {"$sum": "$cost"},
     "estimated": {"$sum": {"$cond": ["$estimated", 1, 0]}},
 }
+NEWEST_KEYS = [("created", DESCENDING), ("_id", ASCENDING)]
+NEWEST_EVENTS = [("ts", DESCENDING), ("_id", ASCENDING)]
+NEWEST_AUDIT = [("ts", DESCENDING), ("_id", DESCENDING)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
-    "api_keys": [([("hash", ASCENDING)], {"unique": True}), ([("owner", ASCENDING), ("created", ASCENDING)], {})],
+    "api_keys": [
+        ([("hash", ASCENDING)], {"unique": True}),
+        ([("owner", ASCENDING), ("created", ASCENDING)], {}),
+        (NEWEST_KEYS, {}),
+    ],
     "usage_events": [
         ([("ts", ASCENDING)], {}),
         ([("user", ASCENDING), ("ts", ASCENDING)], {}),
         ([("key_id", ASCENDING), ("ts", ASCENDING)], {}),
         ([("model", ASCENDING), ("ts", ASCENDING)], {}),
+        # find_usage pages one person's or one key's events newest first: with the tie-breaker in
+        # the index, MongoDB reads just the page instead of sorting every match.
+        ([("user", ASCENDING), *NEWEST_EVENTS], {}),
+        ([("key_id", ASCENDING), *NEWEST_EVENTS], {}),
     ],
-    "usage_rollups": [([(name, ASCENDING) for name in ROLLUP_KEY], {"unique": True})],
+    "usage_rollups": [
+        ([(name, ASCENDING) for name in ROLLUP_KEY], {"unique": True}),
+        ([("bucket", ASCENDING), ("key_id", ASCENDING), ("start", ASCENDING)], {}),
+        ([("bucket", ASCENDING), ("user", ASCENDING), ("start", ASCENDING)], {}),
+    ],
+    "usage_daily_users": [
+        ([(name, ASCENDING) for name in DAILY_USER_KEY], {"unique": True}),
+        ([("user", ASCENDING), ("start", ASCENDING)], {}),
+    ],
+    "admin_tokens": [([("hash", ASCENDING)], {"unique": True}), ([("created", DESCENDING)], {})],
+    "audit_log": [
+        ([("ts", ASCENDING), ("_id", ASCENDING)], {}),
+        ([("actor", ASCENDING), ("ts", ASCENDING)], {}),
+        ([("target", ASCENDING), ("ts", ASCENDING)], {}),
+        ([("action", ASCENDING), ("ts", ASCENDING)], {}),
+    ],
     "claims": [
         ([("expires", ASCENDING)], {}),
         ([("expires_at", ASCENDING)], {"expireAfterSeconds": CLAIM_TTL_GRACE_SECONDS}),
@@ -116,6 +168,12 @@ class MongoStore:
         for collection, indexes in INDEXES.items():
             for keys, options in indexes:
                 self.db[collection].create_index(keys, **options)
+        if self.db.usage_daily_users.find_one({}, {"_id": True}) is None:
+            # A store written before the per-user daily rollups existed: derive them from the per-key
+            # ones, a month of days at a time.
+            days = sorted(self.db.usage_rollups.distinct("start", {"bucket": "day"}))
+            for i in range(0, len(days), BACKFILL_DAYS):
+                self._rebuild_daily_users(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
 
     @_mapped
     def ping(self) -> None:
@@ -128,8 +186,8 @@ class MongoStore:
     @_mapped
     def insert_key(self, record: KeyRecord) -> None:
         self._ensure_user(record.owner, {})
-        document = asdict(record)
-        document["_id"] = document.pop("id")
+        document = {name: getattr(record, name) for name in KEY_FIELDS}
+        document["_id"] = record.id
         self.db.api_keys.insert_one(document)
 
     @_mapped
@@ -197,7 +255,7 @@ class MongoStore:
     @_mapped
     def usage_events(self, since: float = 0.0, until: float | None = None) -> list[UsageEvent]:
         found = self.db.usage_events.find(_match("ts", since, until)).sort([("ts", ASCENDING), ("_id", ASCENDING)])
-        return [UsageEvent(request_id=d.pop("_id"), **d) for d in found]
+        return [_event(d) for d in found]
 
     def _sums(self, match: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
         """Group the matching events by `group` (a dict of expressions); one flat dict of keys and sums each."""
@@ -251,16 +309,36 @@ class MongoStore:
             {"ts": {"$gte": lo, "$lt": hi}},
             {"start": _bucket_start(size), "user": "$user", "key_id": "$key_id", "model": "$model"},
         )
-        ids = []
         for row in rows:
             row.update(bucket=bucket, start=float(row["start"]))
             row["_id"] = json.dumps([row[name] for name in ROLLUP_KEY])
-            ids.append(row["_id"])
-        rollups = self.db.usage_rollups
-        if rows:
-            rollups.bulk_write([ReplaceOne({"_id": r["_id"]}, r, upsert=True) for r in rows], ordered=False)
-        rollups.delete_many({"bucket": bucket, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": ids}})
+        self._replace_range(self.db.usage_rollups, {"bucket": bucket}, start, end, rows)
+        if bucket == "day":
+            self._rebuild_daily_users(start, end)
         return len(rows)
+
+    def _rebuild_daily_users(self, start: float, end: float) -> None:
+        """Rebuild the per-user daily rows starting in [start, end) as sums of the per-key day rows
+        (fewer rows to read than the raw events)."""
+        pipeline = [
+            {"$match": {"bucket": "day", "start": {"$gte": start, "$lt": end}}},
+            {"$group": {"_id": {name: f"${name}" for name in DAILY_USER_KEY}, **ROLLUP_SUMS}},
+        ]
+        rows = []
+        for row in self.db.usage_rollups.aggregate(pipeline, allowDiskUse=True):
+            row.update(row.pop("_id"))
+            row["_id"] = json.dumps([row[name] for name in DAILY_USER_KEY])
+            rows.append(row)
+        self._replace_range(self.db.usage_daily_users, {}, start, end, rows)
+
+    @staticmethod
+    def _replace_range(collection: Any, scope: dict[str, Any], start: float, end: float,
+                       rows: list[dict[str, Any]]) -> None:
+        """Upsert `rows` (with their natural `_id`), then drop the other rows of `scope` starting in [start, end)."""
+        if rows:
+            collection.bulk_write([ReplaceOne({"_id": r["_id"]}, r, upsert=True) for r in rows], ordered=False)
+        stale = {**scope, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": [r["_id"] for r in rows]}}
+        collection.delete_many(stale)
 
     @_mapped
     def usage_rollups(
@@ -315,10 +393,12 @@ class MongoStore:
     def purge_claims(self, now: float) -> int:
         return self.db.claims.delete_many({"expires": {"$lte": now}}).deleted_count
 
-    def _ensure_user(self, username: str, values: dict[str, Any], created: float = 0.0) -> dict[str, Any]:
-        """Set `values` on the user, creating the user with defaults first if missing; return the document."""
-        new = asdict(UserRecord(username, created=created or time.time()))
+    def _ensure_user(self, username: str, values: dict[str, Any], new_user: UserRecord | None = None) -> dict[str, Any]:
+        """Set `values` on the user, creating the user first if missing (as `new_user`, or with defaults);
+        return the document."""
+        new = asdict(new_user or UserRecord(username))
         new.pop("username")
+        new["created"] = new["created"] or time.time()
         update: dict[str, Any] = {"$setOnInsert": {k: v for k, v in new.items() if k not in values}}
         if values:
             update["$set"] = values
@@ -331,7 +411,7 @@ class MongoStore:
         values: dict[str, Any] = {"display_name": user.display_name, "email": user.email, "is_admin": user.is_admin}
         if user.last_login is not None:
             values["last_login"] = user.last_login
-        return _user(self._ensure_user(user.username, values, user.created))
+        return _user(self._ensure_user(user.username, values, user))
 
     @_mapped
     def get_user(self, username: str) -> UserRecord | None:
@@ -349,6 +429,210 @@ class MongoStore:
     @_mapped
     def set_user_limits(self, username: str, limits: dict[str, float]) -> UserRecord:
         return _user(self._ensure_user(username, {"limits": limits}))
+
+    @_mapped
+    def find_users(self, search: str | None = None, admin: bool | None = None, disabled: bool | None = None,
+                   offset: int = 0, limit: int = 50) -> tuple[list[UserRecord], int]:
+        terms: list[dict[str, Any]] = []
+        if search:
+            terms.append(_search(search, ("_id", "display_name", "email")))
+        if admin is True:
+            terms.append({"$or": [{"is_admin": True}, {"admin_granted": True}]})
+        elif admin is False:
+            # `$ne: True` also matches documents written before the field existed.
+            terms.append({"is_admin": {"$ne": True}, "admin_granted": {"$ne": True}})
+        if disabled is not None:
+            terms.append({"disabled": True} if disabled else {"disabled": {"$ne": True}})
+        query = _all_of(terms)
+        found = _page(self.db.users.find(query).sort("_id", ASCENDING), offset, limit)
+        return [_user(d) for d in found], self.db.users.count_documents(query)
+
+    @_mapped
+    def update_user(self, username: str, changes: dict[str, Any]) -> UserRecord | None:
+        document = self.db.users.find_one_and_update(
+            {"_id": username}, {"$set": _changes(changes, USER_CHANGES)}, return_document=ReturnDocument.AFTER
+        )
+        return _user(document) if document else None
+
+    @_mapped
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        return _key(self.db.api_keys.find_one({"_id": key_id}))
+
+    @_mapped
+    def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
+                  search: str | None = None, now: float = 0.0, offset: int = 0,
+                  limit: int = 50) -> tuple[list[KeyRecord], int]:
+        terms: list[dict[str, Any]] = []
+        if owner is not None:
+            terms.append({"owner": owner})
+        if model is not None:
+            terms.append({"$or": [{"models": {"$size": 0}}, {"models": model}]})
+        if status is not None:
+            if status not in KEY_STATUSES:
+                raise StoreError(f"unknown key status {status!r}")
+            terms.append({
+                "active": {"active": True, "$or": [{"expires": None}, {"expires": {"$gt": now}}]},
+                "expired": {"active": True, "expires": {"$ne": None, "$lte": now}},
+                "revoked": {"active": False},
+            }[status])
+        if search:
+            terms.append(_search(search, ("name", "_id", "prefix")))
+        query = _all_of(terms)
+        found = _page(self.db.api_keys.find(query).sort(NEWEST_KEYS), offset, limit)
+        return [_key(d) for d in found], self.db.api_keys.count_documents(query)
+
+    @_mapped
+    def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        return self._update_key(key_id, _changes(changes, KEY_CHANGES))
+
+    @_mapped
+    def list_models(self) -> list[ModelRecord]:
+        return [_model(d) for d in self.db.models.find().sort("_id", ASCENDING)]
+
+    @_mapped
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        document = self.db.models.find_one({"_id": model_id})
+        return _model(document) if document else None
+
+    @_mapped
+    def insert_model(self, record: ModelRecord) -> bool:
+        try:
+            self.db.models.insert_one(
+                {"_id": record.id, "settings": record.settings, "created": record.created, "updated": record.updated}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_mapped
+    def update_model(self, record: ModelRecord) -> bool:
+        result = self.db.models.update_one(
+            {"_id": record.id}, {"$set": {"settings": record.settings, "updated": record.updated}}
+        )
+        return result.matched_count == 1
+
+    @_mapped
+    def delete_model(self, model_id: str) -> bool:
+        return self.db.models.delete_one({"_id": model_id}).deleted_count == 1
+
+    @_mapped
+    def insert_admin_token(self, token: AdminToken) -> None:
+        self.db.admin_tokens.insert_one({"_id": token.id, **{name: getattr(token, name) for name in TOKEN_FIELDS}})
+
+    @_mapped
+    def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
+        return _token(self.db.admin_tokens.find_one({"hash": token_hash}))
+
+    @_mapped
+    def list_admin_tokens(self) -> list[AdminToken]:
+        return [_token(d) for d in self.db.admin_tokens.find().sort(NEWEST_KEYS)]
+
+    @_mapped
+    def revoke_admin_token(self, token_id: str) -> AdminToken | None:
+        return _token(self.db.admin_tokens.find_one_and_update(
+            {"_id": token_id}, {"$set": {"active": False}}, return_document=ReturnDocument.AFTER
+        ))
+
+    @_mapped
+    def touch_admin_token(self, token_id: str, ts: float) -> None:
+        # As touch_keys: a conditional $set rather than $max, which mongomock cannot apply over null.
+        self.db.admin_tokens.update_one(
+            {"_id": token_id, "$or": [{"last_used": None}, {"last_used": {"$lt": ts}}]}, {"$set": {"last_used": ts}}
+        )
+
+    @_mapped
+    def insert_audit(self, entry: AuditEntry) -> AuditEntry:
+        # An ObjectId increases with time (seconds first, then a per-process counter), so newest
+        # first is ts then _id descending.
+        entry_id = ObjectId()
+        self.db.audit_log.insert_one({"_id": entry_id, **{name: getattr(entry, name) for name in AUDIT_FIELDS}})
+        return replace(entry, id=str(entry_id))
+
+    @_mapped
+    def find_audit(self, actor: str | None = None, action: str | None = None, target: str | None = None,
+                   via: str | None = None, since: float = 0.0, until: float | None = None, offset: int = 0,
+                   limit: int = 50) -> tuple[list[AuditEntry], int]:
+        query = _match("ts", since, until)
+        for name, value in (("actor", actor), ("target", target), ("via", via)):
+            if value is not None:
+                query[name] = value
+        if action:
+            query["action"] = {"$regex": "^" + re.escape(action)}
+        found = _page(self.db.audit_log.find(query).sort(NEWEST_AUDIT), offset, limit)
+        return [_audit(d) for d in found], self.db.audit_log.count_documents(query)
+
+    @_mapped
+    def usage_report(self, group_by: str, since: float, live_since: float, until: float | None = None,
+                     user: str | None = None, key_id: str | None = None, model: str | None = None,
+                     order: str = "group", offset: int = 0,
+                     limit: int | None = None) -> tuple[list[UsageRow], int, UsageTotals]:
+        """Group the raw (live) part and the rollup part apart, then merge them in order.
+
+        `$unionWith` would make this one pipeline, but mongomock lacks it, so this formulation runs
+        on both. The live part spans a day or two, so its groups (`live`) are few: MongoDB sums,
+        counts, sorts and pages the rollup groups outside `live`, and that page is merged with the
+        `live` groups (their rollup sums added) in the same order. Only `live`, their rollup sums
+        and at most len(live) + limit other rollup groups travel, never the rows.
+        """
+        if group_by not in GROUPS:
+            raise StoreError(f"cannot group usage by {group_by!r}")
+        if order not in REPORT_ORDERS:
+            raise StoreError(f"cannot order usage by {order!r}")
+        field = REPORT_FIELD[group_by]
+        split = min(max(live_since, since), until if until is not None else float("inf"))
+        live: dict[Any, dict[str, Any]] = {}
+        if until is None or split < until:
+            expr = _bucket_start(BUCKETS["day"]) if group_by == "day" else f"${field}"
+            live = {row.pop("group"): row for row in self._sums(_match("ts", split, until, user, key_id, model),
+                                                                {"group": expr})}
+        rolled = _match("start", since, split, user, key_id, model)
+        rollups = self.db.usage_rollups
+        # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do.
+        if group_by == "key" or key_id is not None:
+            rolled["bucket"] = "day"
+        else:
+            rollups = self.db.usage_daily_users
+        group = {"$group": {"_id": f"${field}", **ROLLUP_SUMS}}
+        known = list(live)
+        both: dict[Any, dict[str, Any]] = {}
+        if known:
+            pipeline = [{"$match": {"$and": [rolled, {field: {"$in": known}}]}}, group]
+            both = {row.pop("_id"): row for row in rollups.aggregate(pipeline)}
+        everything = [{"$match": rolled}, group, {"$group": {"_id": None, "groups": {"$sum": 1}, **ROLLUP_SUMS}}]
+        rolled_up = list(rollups.aggregate(everything))
+        count = sum(row["groups"] for row in rolled_up) + sum(1 for g in live if g not in both)
+        totals = UsageTotals(**_total(*rolled_up, *live.values()))
+        if limit is not None and limit <= 0:
+            return [], count, totals
+        # The rollup groups outside `live` at merged positions [offset, offset + limit) are among
+        # those at positions [offset - len(live), offset + limit) of their own order.
+        first = max(offset - len(live), 0)
+        pipeline = [{"$match": rolled}, group, {"$match": {"_id": {"$nin": known}}}]
+        if order == "tokens":
+            pipeline.append({"$addFields": {"tokens": {"$add": ["$prompt_tokens", "$completion_tokens"]}}})
+        pipeline.append({"$sort": {"_id": ASCENDING} if order == "group" else {order: DESCENDING, "_id": ASCENDING}})
+        if first:
+            pipeline.append({"$skip": first})
+        if limit is not None:
+            pipeline.append({"$limit": offset + limit - first})
+        rest = [UsageRow(group=row["_id"], **_total(row)) for row in rollups.aggregate(pipeline, allowDiskUse=True)]
+        key = _report_order(order)
+        merged = sorted((UsageRow(group=g, **_total(sums, both.get(g, {}))) for g, sums in live.items()), key=key)
+        page = [
+            row for position, row in enumerate(heapq.merge(rest, merged, key=key), start=first)
+            if position >= offset and (limit is None or position < offset + limit)
+        ]
+        if group_by == "day":
+            for row in page:
+                row["group"] = _day(row["group"])
+        return page, count, totals
+
+    @_mapped
+    def find_usage(self, user: str | None = None, key_id: str | None = None, since: float = 0.0,
+                   until: float | None = None, offset: int = 0, limit: int = 50) -> tuple[list[UsageEvent], int]:
+        query = _match("ts", since, until, user, key_id)
+        found = _page(self.db.usage_events.find(query).sort(NEWEST_EVENTS), offset, limit)
+        return [_event(d) for d in found], self.db.usage_events.count_documents(query)
 
 
 def _match(
@@ -385,6 +669,48 @@ def _claim_id(namespace: str, item_id: str) -> str:
     return json.dumps([namespace, item_id])
 
 
+def _total(*parts: dict[str, Any]) -> dict[str, Any]:
+    """The field-wise sums of usage `parts` (a missing field counts as nothing)."""
+    total = {name: sum(part.get(name, 0) for part in parts) for name in SUM_FIELDS}
+    total["cost"] = float(total["cost"])
+    return total
+
+
+def _report_order(order: str) -> Callable[[UsageRow], tuple]:
+    """The sort key of a report order, as MongoDB's `$sort` in `usage_report` orders the same rows."""
+    if order == "group":
+        return lambda row: (row["group"],)
+    if order == "tokens":
+        return lambda row: (-(row["prompt_tokens"] + row["completion_tokens"]), row["group"])
+    return lambda row: (-row[order], row["group"])  # type: ignore[literal-required]
+
+
+def _page(cursor: Any, offset: int, limit: int | None) -> list[dict[str, Any]]:
+    """The documents of one page (pymongo reads `limit(0)` as no limit, so an empty page is kept empty here)."""
+    if limit is not None and limit <= 0:
+        return []
+    cursor = cursor.skip(max(offset, 0))
+    return list(cursor.limit(limit) if limit is not None else cursor)
+
+
+def _search(text: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Any of the fields `names` holds `text` as a case-insensitive, literal substring."""
+    pattern = {"$regex": re.escape(text), "$options": "i"}
+    return {"$or": [{name: pattern} for name in names]}
+
+
+def _all_of(terms: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"$and": terms} if terms else {}
+
+
+def _changes(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The `$set` of an admin's changes; ValueError (before anything is written) for a field not allowed."""
+    unknown = set(changes) - set(allowed)
+    if unknown or not changes:
+        raise ValueError(f"cannot change {', '.join(sorted(unknown)) or 'nothing'} (allowed: {', '.join(allowed)})")
+    return dict(changes)
+
+
 def _key(document: dict[str, Any] | None) -> KeyRecord | None:
     if document is None:
         return None
@@ -393,4 +719,23 @@ def _key(document: dict[str, Any] | None) -> KeyRecord | None:
 
 def _user(document: dict[str, Any]) -> UserRecord:
     return UserRecord(username=document["_id"], **{name: document[name] for name in USER_FIELDS if name in document})
+
+
+def _event(document: dict[str, Any]) -> UsageEvent:
+    return UsageEvent(request_id=document.pop("_id"), **document)
+
+
+def _model(document: dict[str, Any]) -> ModelRecord:
+    return ModelRecord(id=document["_id"], settings=document["settings"], created=document["created"],
+                       updated=document["updated"])
+
+
+def _token(document: dict[str, Any] | None) -> AdminToken | None:
+    if document is None:
+        return None
+    return AdminToken(id=document["_id"], **{name: document[name] for name in TOKEN_FIELDS})
+
+
+def _audit(document: dict[str, Any]) -> AuditEntry:
+    return AuditEntry(id=str(document["_id"]), **{name: document[name] for name in AUDIT_FIELDS})
 
