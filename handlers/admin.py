@@ -24,7 +24,7 @@ from llmgateway.sessions import SESSION_COOKIE
 
 from .admin_spec import spec
 from .base import BaseHandler
-from .portal import MAX_JSON_BODY, STATIC, PageHandler
+from .portal import MAX_JSON_BODY, PageHandler
 
 log = logging.getLogger("llmgateway.admin")
 
@@ -204,8 +204,6 @@ class TokenRevokeHandler(AdminApiHandler):
 class AdminPageHandler(PageHandler):
     """GET /admin: the admin UI (static/admin.html) for a logged-in admin."""
 
-    page: bytes | None = None
-
     def get(self) -> None:
         if self.session is None:
             self.redirect(self.login_url("/admin"))
@@ -214,11 +212,7 @@ class AdminPageHandler(PageHandler):
             self.message_page(403, "Administrators only", "You are logged in, but you are not an administrator of "
                               "this service.", self.path("/portal"), "Back to your keys")
             return
-        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the page's script sends back)
-        if AdminPageHandler.page is None:
-            AdminPageHandler.page = (STATIC / "admin.html").read_bytes()
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(AdminPageHandler.page)
+        self.send_page("admin.html")
 
 
 SEGMENT = r"([^/]+)"

@@ -39,9 +39,19 @@ MAX_JSON_BODY = 64 * 1024
 class PageHandler(SessionHandler):
     """Pages that need a logged-in person send everyone else to the login first."""
 
+    pages: dict[str, bytes] = {}
+
     def login_url(self, next_path: str) -> str:
         door = "/portal/dev-login" if self.portal.config.dev_login else "/saml/login"
         return self.path(door) + "?" + urlencode({"next": next_path})
+
+    def send_page(self, name: str) -> None:
+        """One of static/'s pages (read once), with the _xsrf cookie its script sends back."""
+        self.xsrf_token  # noqa: B018
+        if name not in PageHandler.pages:
+            PageHandler.pages[name] = (STATIC / name).read_bytes()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(PageHandler.pages[name])
 
 
 class RootHandler(PageHandler):
@@ -54,17 +64,11 @@ class RootHandler(PageHandler):
 class PortalPageHandler(PageHandler):
     """GET /portal: the single-page portal (terms, keys, usage)."""
 
-    page: bytes | None = None
-
     def get(self) -> None:
         if self.session is None:
             self.redirect(self.login_url("/portal"))
             return
-        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the page's script sends back)
-        if PortalPageHandler.page is None:
-            PortalPageHandler.page = (STATIC / "portal.html").read_bytes()
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(PortalPageHandler.page)
+        self.send_page("portal.html")
 
 
 class LoggedOutHandler(PageHandler):

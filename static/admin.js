@@ -447,26 +447,33 @@
     return limits;
   }
 
+  // A filtered list page: fill its form from the hash, ask the server, show a refused filter
+  // next to its field. Resolves to the answer, or null when it was refused or is stale.
+  async function filtered(formId, params, fresh, request) {
+    const form = $(formId);
+    fillForm(form, params);
+    const card = form.closest(".card");
+    formError(card, null, form);
+    try {
+      const data = await request(readForm(form));
+      return fresh() ? data : null;
+    } catch (err) {
+      if (err.param && fresh()) {
+        formError(card, err, form);
+        return null;
+      }
+      throw err;
+    }
+  }
+
   // --- users -------------------------------------------------------------------------------
 
   wireFilter("users-filter", "users");
 
   async function loadUsers(_arg, params, fresh) {
-    const form = $("users-filter");
-    fillForm(form, params);
-    const card = form.closest(".card");
-    formError(card, null, form);
-    let data;
-    try {
-      data = await api("GET", "users", undefined, { ...readForm(form), offset: offsetOf(params), limit: PAGE });
-    } catch (err) {
-      if (err.param && fresh()) {
-        formError(card, err, form);
-        return;
-      }
-      throw err;
-    }
-    if (!fresh()) return;
+    const data = await filtered("users-filter", params, fresh,
+      (filters) => api("GET", "users", undefined, { ...filters, offset: offsetOf(params), limit: PAGE }));
+    if (!data) return;
     $("users-body").replaceChildren(...data.items.map((u) => row([
       ["Username", link(u.username, hashFor("user", u.username), "mono-text")],
       ["Name", u.display_name || "—"],
@@ -914,25 +921,14 @@
 
   async function loadUsage(_arg, params, fresh) {
     const form = $("usage-filter");
-    fillForm(form, params);
-    const card = form.closest(".card");
-    formError(card, null, form);
     const filters = { since: params.since, until: params.until, user: params.user, model: params.model };
-    let byDay, byModel, byUser;
-    try {
-      [byDay, byModel, byUser] = await Promise.all([
-        api("GET", "usage", undefined, { ...filters, by: "day", order: "group", limit: 500 }),
-        api("GET", "usage", undefined, { ...filters, by: "model", order: "cost", limit: 20 }),
-        api("GET", "usage", undefined, { ...filters, by: "user", order: "cost", limit: 10 }),
-      ]);
-    } catch (err) {
-      if (err.param && fresh()) {
-        formError(card, err, form);
-        return;
-      }
-      throw err;
-    }
-    if (!fresh()) return;
+    const answers = await filtered("usage-filter", params, fresh, () => Promise.all([
+      api("GET", "usage", undefined, { ...filters, by: "day", order: "group", limit: 500 }),
+      api("GET", "usage", undefined, { ...filters, by: "model", order: "cost", limit: 20 }),
+      api("GET", "usage", undefined, { ...filters, by: "user", order: "cost", limit: 10 }),
+    ]));
+    if (!answers) return;
+    const [byDay, byModel, byUser] = answers;
     form.elements.since.value = byDay.since;
     form.elements.until.value = byDay.until;
     const who = [params.user && `user ${params.user}`, params.model && `model ${params.model}`].filter(Boolean);
@@ -1131,21 +1127,9 @@
   }
 
   async function loadAudit(_arg, params, fresh) {
-    const form = $("audit-filter");
-    fillForm(form, params);
-    const card = form.closest(".card");
-    formError(card, null, form);
-    let data;
-    try {
-      data = await api("GET", "audit", undefined, { ...readForm(form), offset: offsetOf(params), limit: PAGE });
-    } catch (err) {
-      if (err.param && fresh()) {
-        formError(card, err, form);
-        return;
-      }
-      throw err;
-    }
-    if (!fresh()) return;
+    const data = await filtered("audit-filter", params, fresh,
+      (filters) => api("GET", "audit", undefined, { ...filters, offset: offsetOf(params), limit: PAGE }));
+    if (!data) return;
     $("audit-body").replaceChildren(...data.items.map((entry) => {
       const details = Object.entries(entry.details || {}).map(([name, value]) =>
         `${name}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
