@@ -454,6 +454,59 @@ def test_init_derives_the_per_user_rollups_of_a_store_written_before_them(backen
     assert len(truth["day"]) == 40
 
 
+def delete_rollups(backend: Backend, table: str, day: float | None = None) -> None:
+    """Drop rows of a daily rollup table (all of them, or one day's) behind the store's back."""
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.url[len("sqlite:///"):]) as conn:
+            conn.execute(f"DELETE FROM {table} WHERE ? IS NULL OR start = ?", (day, day))
+    else:
+        backend.store.db[table].delete_many({} if day is None else {"start": day})  # type: ignore[attr-defined]
+
+
+def test_reports_by_day_and_model_read_the_per_model_rollups(backend: Backend) -> None:
+    store = backend.store
+    store.insert_usage(spread_events("e", 300))
+    until = BASE + 6 * DAY
+    store.rollup_usage("day", BASE, until)
+    truth = {(group_by, model): store.usage_summary(group_by, BASE, until, model=model)
+             for group_by in ("day", "model", "user") for model in (None, "m0")}
+    for live_since in (BASE, BASE + 3 * DAY, until):
+        for (group_by, model), rows in truth.items():
+            assert store.usage_report(group_by, BASE, live_since, until, model=model)[0] == rows
+    # With one rolled-up day gone from the per-user rows, reports by person lose it; reports by day
+    # or by model without a person or key still hold it, for they read the per-model rows.
+    delete_rollups(backend, "usage_daily_users", BASE + DAY)
+    for (group_by, model), rows in truth.items():
+        report = store.usage_report(group_by, BASE, until, until, model=model)[0]
+        assert (report == rows) is (group_by != "user"), (group_by, model)
+    # With a person, a report by day or model reads the per-user rows, which lack the day.
+    lacking = store.usage_report("day", BASE, until, until, user="u1")[0]
+    assert [r["group"] for r in lacking] == [r["group"] for r in store.usage_summary("day", BASE, until, user="u1")
+                                             if r["group"] != "1970-07-21"]
+    # A day rolled up again with its raw events gone (retention) leaves no per-model rows behind.
+    store.delete_usage_before(BASE + 2 * DAY)
+    store.rollup_usage("day", BASE, BASE + 2 * DAY)
+    assert store.usage_report("day", BASE, until, until)[0] == truth["day", None][2:]
+    assert store.usage_report("model", BASE, until, until)[0] == store.usage_summary("model", BASE, until)
+
+
+def test_init_derives_the_per_model_rollups_of_a_store_written_before_them(backend: Backend) -> None:
+    store = backend.store
+    # Forty days, every other day: more than one step of the backfill, with gaps between days.
+    store.insert_usage([event(f"e{i}", BASE + 2 * i * DAY + i, user=f"u{i % 3}", model=f"m{i % 2}", p=i)
+                        for i in range(40)])
+    end = BASE + 80 * DAY
+    store.rollup_usage("day", BASE, end)
+    truth = {(group_by, model): store.usage_summary(group_by, BASE, end, model=model)
+             for group_by in ("model", "day") for model in (None, "m1")}
+    delete_rollups(backend, "usage_daily_models")
+    assert store.usage_report("day", BASE, end, end) == ([], 0, totals_of([]))  # as an older store has them
+    store.init()
+    for (group_by, model), rows in truth.items():
+        assert store.usage_report(group_by, BASE, end, end, model=model)[0] == rows
+    assert len(truth["day", None]) == 40 and len(truth["day", "m1"]) == 20
+
+
 def ranked(rows: list[UsageRow], order: str) -> list[UsageRow]:
     def measure(r: UsageRow) -> float:
         return r["prompt_tokens"] + r["completion_tokens"] if order == "tokens" else r[order]  # type: ignore[literal-required]
@@ -600,6 +653,7 @@ def test_mongo_indexes_for_the_admin_pages(mongo: MongoStore) -> None:
         return {tuple(i["key"]): i for i in mongo.db[collection].index_information().values()}
 
     assert indexes("usage_daily_users")[(("start", 1), ("user", 1), ("model", 1))]["unique"]
+    assert indexes("usage_daily_models")[(("start", 1), ("model", 1))]["unique"]
     assert indexes("admin_tokens")[(("hash", 1),)]["unique"]
     assert (("created", -1), ("_id", 1)) in indexes("api_keys")
     for field in ("user", "key_id"):

@@ -116,8 +116,8 @@ class Store(Protocol):
 
         Replaces those rows from the raw events, so running it twice, or on two replicas at once,
         gives the same rows. "day" also rebuilds the per-user daily rollups (per day, user and
-        model, without the key) that `usage_report` reads. Returns how many (per-key) rows were
-        written.
+        model, without the key) and, from those, the per-model daily rollups (per day and model)
+        that `usage_report` reads. Returns how many (per-key) rows were written.
         """
 
     def usage_rollups(
@@ -248,8 +248,10 @@ class Store(Protocol):
         live_since (or since, if later) to `until`, so a report over a year costs no more than
         its rollups while the last days stay live. `since` and `live_since` are UTC midnights.
         Without a key in group or filter it reads the per-user daily rollups, which carry no key
-        and so stay small however many keys there are. `order` is one of REPORT_ORDERS: "group"
-        ascending, the others descending ("tokens" is prompt + completion), ties by group.
+        and so stay small however many keys there are; by day or by model with neither a user nor
+        a key filter, it reads the per-model daily rollups, a few rows a day however many people
+        there are. `order` is one of REPORT_ORDERS: "group" ascending, the others descending
+        ("tokens" is prompt + completion), ties by group.
         """
 
     def find_usage(self, user: str | None = None, key_id: str | None = None, since: float = 0.0,

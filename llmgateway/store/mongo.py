@@ -55,6 +55,7 @@ KEY_FIELDS = tuple(f.name for f in fields(KeyRecord) if f.name not in ("id", "ow
 TOKEN_FIELDS = tuple(f.name for f in fields(AdminToken) if f.name != "id")
 AUDIT_FIELDS = tuple(f.name for f in fields(AuditEntry) if f.name != "id")
 DAILY_USER_KEY = ("start", "user", "model")
+DAILY_MODEL_KEY = ("start", "model")
 # Days of per-user rollups derived per step when upgrading a store written before they existed.
 BACKFILL_DAYS = 31
 SUM_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost", "estimated")
@@ -97,6 +98,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([(name, ASCENDING) for name in DAILY_USER_KEY], {"unique": True}),
         ([("user", ASCENDING), ("start", ASCENDING)], {}),
     ],
+    "usage_daily_models": [([(name, ASCENDING) for name in DAILY_MODEL_KEY], {"unique": True})],
     "admin_tokens": [([("hash", ASCENDING)], {"unique": True}), ([("created", DESCENDING)], {})],
     "audit_log": [
         ([("ts", ASCENDING), ("_id", ASCENDING)], {}),
@@ -174,6 +176,12 @@ class MongoStore:
             days = sorted(self.db.usage_rollups.distinct("start", {"bucket": "day"}))
             for i in range(0, len(days), BACKFILL_DAYS):
                 self._rebuild_daily_users(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
+        if self.db.usage_daily_models.find_one({}, {"_id": True}) is None:
+            # A store written before the per-model daily rollups existed: derive them from the per-user
+            # ones, a month of days at a time.
+            days = sorted(self.db.usage_daily_users.distinct("start"))
+            for i in range(0, len(days), BACKFILL_DAYS):
+                self._rebuild_daily_models(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
 
     @_mapped
     def ping(self) -> None:
@@ -315,6 +323,7 @@ class MongoStore:
         self._replace_range(self.db.usage_rollups, {"bucket": bucket}, start, end, rows)
         if bucket == "day":
             self._rebuild_daily_users(start, end)
+            self._rebuild_daily_models(start, end)
         return len(rows)
 
     def _rebuild_daily_users(self, start: float, end: float) -> None:
@@ -330,6 +339,20 @@ class MongoStore:
             row["_id"] = json.dumps([row[name] for name in DAILY_USER_KEY])
             rows.append(row)
         self._replace_range(self.db.usage_daily_users, {}, start, end, rows)
+
+    def _rebuild_daily_models(self, start: float, end: float) -> None:
+        """Rebuild the per-model daily rows starting in [start, end) as sums of the per-user daily rows
+        (rebuild those first)."""
+        pipeline = [
+            {"$match": {"start": {"$gte": start, "$lt": end}}},
+            {"$group": {"_id": {name: f"${name}" for name in DAILY_MODEL_KEY}, **ROLLUP_SUMS}},
+        ]
+        rows = []
+        for row in self.db.usage_daily_users.aggregate(pipeline, allowDiskUse=True):
+            row.update(row.pop("_id"))
+            row["_id"] = json.dumps([row[name] for name in DAILY_MODEL_KEY])
+            rows.append(row)
+        self._replace_range(self.db.usage_daily_models, {}, start, end, rows)
 
     @staticmethod
     def _replace_range(collection: Any, scope: dict[str, Any], start: float, end: float,
@@ -587,9 +610,12 @@ class MongoStore:
                                                                 {"group": expr})}
         rolled = _match("start", since, split, user, key_id, model)
         rollups = self.db.usage_rollups
-        # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do.
+        # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do;
+        # by day or model without a person either, the per-model rows (a few per day) do.
         if group_by == "key" or key_id is not None:
             rolled["bucket"] = "day"
+        elif group_by in ("day", "model") and user is None:
+            rollups = self.db.usage_daily_models
         else:
             rollups = self.db.usage_daily_users
         group = {"$group": {"_id": f"${field}", **ROLLUP_SUMS}}

@@ -123,6 +123,18 @@ CREATE INDEX IF NOT EXISTS usage_daily_users_user ON usage_daily_users(
 CREATE INDEX IF NOT EXISTS usage_daily_users_model ON usage_daily_users(
     model, start, requests, prompt_tokens, completion_tokens, cost, estimated
 );
+-- Daily sums per model (no person, no key), rebuilt with the per-user daily rows: the few rows
+-- usage reports by day or by model read when no person or key is asked for.
+CREATE TABLE IF NOT EXISTS usage_daily_models (
+    start REAL NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    estimated INTEGER NOT NULL,
+    PRIMARY KEY (start, model)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -280,6 +292,9 @@ class SQLiteStore:
             # A store written before the per-user daily rollups existed: derive them from the per-key ones.
             if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM usage_daily_users)").fetchone()[0]:
                 _rebuild_daily_users(conn, float("-inf"), float("inf"))
+            # A store written before the per-model daily rollups existed: derive them from the per-user ones.
+            if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM usage_daily_models)").fetchone()[0]:
+                _rebuild_daily_models(conn, float("-inf"), float("inf"))
 
     def ping(self) -> None:
         self._run("SELECT 1 FROM api_keys LIMIT 1").fetchall()
@@ -421,6 +436,7 @@ class SQLiteStore:
             written = conn.total_changes - before
             if bucket == "day":
                 _rebuild_daily_users(conn, start, end)
+                _rebuild_daily_models(conn, start, end)
             return written
 
     def usage_rollups(
@@ -665,9 +681,12 @@ class SQLiteStore:
             raise StoreError(f"cannot order usage by {order!r}")
         end = _until(until)
         split = min(max(live_since, since), end)  # rollups in [since, split), raw events in [split, end)
-        # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do.
+        # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do;
+        # by day or model without a person either, the per-model rows (a few per day) do.
         if group_by == "key" or key_id is not None:
             table, bucket = "usage_rollups", "bucket = 'day' AND "
+        elif group_by in ("day", "model") and user is None:
+            table, bucket = "usage_daily_models", ""
         else:
             table, bucket = "usage_daily_users", ""
         live, live_params = _filters("ts", split, end, user, key_id, model)
@@ -676,7 +695,7 @@ class SQLiteStore:
             # by the group column; `+start` keeps SQLite off the range scan) spares the sort that a
             # range scan needs before grouping. Over fewer days, the range scan reads far less.
             column = "start"
-            if group_by != "day":
+            if group_by != "day" and table != "usage_daily_models":
                 first_day = conn.execute(f"SELECT min(start) FROM {table} WHERE {bucket}1").fetchone()[0]
                 if first_day is not None and 2 * (split - since) >= split - first_day:
                     column = "+start"
@@ -723,6 +742,18 @@ def _rebuild_daily_users(conn: sqlite3.Connection, start: float, end: float) -> 
         f"INSERT INTO usage_daily_users (start, user, model, {SUM_COLUMNS}) "
         f"SELECT start, user, model, {GROUP_SUMS} FROM usage_rollups "
         "WHERE bucket = 'day' AND start >= ? AND start < ? GROUP BY start, user, model",
+        (start, end),
+    )
+
+
+def _rebuild_daily_models(conn: sqlite3.Connection, start: float, end: float) -> None:
+    """Replace the per-model daily rows starting in [start, end) with sums of the per-user daily rows
+    (rebuild those first)."""
+    conn.execute("DELETE FROM usage_daily_models WHERE start >= ? AND start < ?", (start, end))
+    conn.execute(
+        f"INSERT INTO usage_daily_models (start, model, {SUM_COLUMNS}) "
+        f"SELECT start, model, {GROUP_SUMS} FROM usage_daily_users "
+        "WHERE start >= ? AND start < ? GROUP BY start, model",
         (start, end),
     )
 
