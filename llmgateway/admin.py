@@ -46,9 +46,6 @@ class Admin:
         return await self.gateway.in_thread(authenticate_token, self.store, self.bootstrap_hash, authorization,
                                             source)
 
-    async def _audit(self, actor: Actor, action: str, target: str, details: dict[str, Any]) -> None:
-        await self.gateway.in_thread(audit.record, self.store, actor, action, target, details)
-
     # --- people ---------------------------------------------------------------------------
 
     def user_view(self, user: UserRecord) -> dict[str, Any]:
@@ -78,9 +75,9 @@ class Admin:
     async def show_user(self, username: str) -> dict[str, Any]:
         user = await self._user(username)
         now = time.time()
-        _, active = await self.gateway.in_thread(
-            lambda: self.store.find_keys(owner=username, status="active", now=now, limit=1))
-        _, total = await self.gateway.in_thread(lambda: self.store.find_keys(owner=username, now=now, limit=1))
+        active, total = await self.gateway.in_thread(
+            lambda: (self.store.find_keys(owner=username, status="active", now=now, limit=1)[1],
+                     self.store.find_keys(owner=username, now=now, limit=1)[1]))
         return {**self.user_view(user), "keys": {"active": active, "total": total},
                 "quota": await self.gateway.quota(username, user.limits)}
 
@@ -108,7 +105,7 @@ class Admin:
             raise not_found("user", "user_not_found")
         if "disabled" in changes or "limits" in changes:
             await self.gateway.forget_user(username)
-        await self._audit(actor, "user.update", username, {"changes": changes})
+        await self.gateway.audit(actor, "user.update", username, {"changes": changes})
         return self.user_view(updated)
 
     # --- keys -----------------------------------------------------------------------------
@@ -149,7 +146,7 @@ class Admin:
         key, record = make_record(owner, name, models, days)
         record.limits = limits
         await self.gateway.in_thread(self.store.insert_key, record)
-        await self._audit(actor, "key.create", record.id, {"owner": owner, "name": name, "models": models,
+        await self.gateway.audit(actor, "key.create", record.id, {"owner": owner, "name": name, "models": models,
                                                            "expires": record.expires, "limits": limits})
         return {"key": key, "record": key_view(record, time.time())}
 
@@ -170,14 +167,14 @@ class Admin:
         if record is None:
             raise not_found("key", "key_not_found")
         await self.gateway.forget_key(record)
-        await self._audit(actor, "key.update", key_id, {"owner": record.owner, "changes": changes})
+        await self.gateway.audit(actor, "key.update", key_id, {"owner": record.owner, "changes": changes})
         return key_view(record, time.time())
 
     async def revoke_key(self, actor: Actor, key_id: str) -> dict[str, Any]:
         record = await self.gateway.revoke_key(key_id)
         if record is None:
             raise not_found("key", "key_not_found")
-        await self._audit(actor, "key.revoke", key_id, {"owner": record.owner})
+        await self.gateway.audit(actor, "key.revoke", key_id, {"owner": record.owner})
         return {"record": key_view(record, time.time())}
 
     # --- admin tokens ---------------------------------------------------------------------
@@ -197,14 +194,14 @@ class Admin:
                               "expires_days")
         token, record = make_token(name, actor.name, float(days))
         await self.gateway.in_thread(self.store.insert_admin_token, record)
-        await self._audit(actor, "token.create", record.id, {"name": name, "expires": record.expires})
+        await self.gateway.audit(actor, "token.create", record.id, {"name": name, "expires": record.expires})
         return {"token": token, "record": token_view(record, time.time())}
 
     async def revoke_token(self, actor: Actor, token_id: str) -> dict[str, Any]:
         record = await self.gateway.in_thread(self.store.revoke_admin_token, token_id)
         if record is None:
             raise not_found("admin token", "token_not_found")
-        await self._audit(actor, "token.revoke", token_id, {"name": record.name})
+        await self.gateway.audit(actor, "token.revoke", token_id, {"name": record.name})
         return {"record": token_view(record, time.time())}
 
     # --- audit log ------------------------------------------------------------------------

@@ -41,9 +41,9 @@ def make_token(name: str, created_by: str, days: float) -> tuple[str, AdminToken
 
 
 def token_view(token: AdminToken, now: float) -> dict:
-    status = "revoked" if not token.active else "active" if token.usable(now) else "expired"
     return {"id": token.id, "name": token.name, "prefix": token.prefix, "created_by": token.created_by,
-            "created": token.created, "expires": token.expires, "last_used": token.last_used, "status": status}
+            "created": token.created, "expires": token.expires, "last_used": token.last_used,
+            "status": token.status(now)}
 
 
 def bootstrap_hash(config: AdminConfig, environ: Mapping[str, str] | None = None) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import audit, catalog
+from . import catalog
 from .audit import Actor
 from .config import ModelConfig
 from .errors import GatewayError, conflict, not_found
@@ -67,7 +67,7 @@ class ModelAdmin:
         if not await self.gateway.in_thread(self.store.insert_model, record):
             raise conflict(f"A model with the id {model_id!r} already exists.", "model_exists", "id")
         await self.gateway.models_saved()
-        await self.gateway.in_thread(audit.record, self.store, actor, "model.create", model_id, settings)
+        await self.gateway.audit(actor, "model.create", model_id, settings)
         return self._view(record)
 
     async def update_model(self, actor: Actor, model_id: str, body: Any) -> dict[str, Any]:
@@ -79,8 +79,7 @@ class ModelAdmin:
         if not await self.gateway.in_thread(self.store.update_model, changed):
             raise not_found("model", "model_not_found")
         await self.gateway.models_saved()
-        await self.gateway.in_thread(audit.record, self.store, actor, "model.update", model_id,
-                                     {"changes": body})
+        await self.gateway.audit(actor, "model.update", model_id, {"changes": body})
         return self._view(changed)
 
     async def delete_model(self, actor: Actor, model_id: str) -> dict[str, Any]:
@@ -88,5 +87,5 @@ class ModelAdmin:
         if not await self.gateway.in_thread(self.store.delete_model, model_id):
             raise not_found("model", "model_not_found")
         await self.gateway.models_saved()
-        await self.gateway.in_thread(audit.record, self.store, actor, "model.delete", model_id, {})
+        await self.gateway.audit(actor, "model.delete", model_id)
         return {"id": model_id, "deleted": True}

@@ -12,14 +12,13 @@ them every `admin.catalog_refresh_seconds`, and at once when Redis announces a c
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import inputs
 from .config import MODEL_KINDS, MODEL_LIMIT_NAMES, Config, ConfigError, ModelConfig, _parse_model, resolve_secret
 from .errors import GatewayError, bad_request
-from .inputs import MAX_LIMIT_VALUE
 from .records import ModelRecord
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
@@ -86,26 +85,10 @@ def _check_field(name: str, value: Any, config: Config) -> Any:
                               f"({names}).", name)
         return value
     if name in ("prompt_cost_per_1k", "completion_cost_per_1k"):
-        return _check_number(name, value, MAX_PRICE)
+        return inputs.number(value, name, MAX_PRICE)
     if name in ("active", "usage_probe"):
-        if not isinstance(value, bool):
-            raise bad_request(f"{name} must be true or false.", name)
-        return value
-    if not isinstance(value, dict):
-        raise bad_request(f"limits must be an object with any of {', '.join(MODEL_LIMIT_NAMES)}.", "limits")
-    for limit, number in value.items():
-        if limit not in MODEL_LIMIT_NAMES:
-            raise bad_request(f"limits.{limit} is not a model limit (known: {', '.join(MODEL_LIMIT_NAMES)}).",
-                              "limits")
-        _check_number("limits", number, MAX_LIMIT_VALUE)
-    return dict(value)
-
-
-def _check_number(name: str, value: Any, maximum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= maximum:
-        raise bad_request(f"{name} must be a number from 0 to {maximum:g}.", name)
-    return float(value)
+        return inputs.boolean(value, name)
+    return inputs.limits(value, MODEL_LIMIT_NAMES)
 
 
 def _check_upstreams(value: Any) -> list[dict[str, Any]]:
@@ -118,7 +101,7 @@ def _check_upstreams(value: Any) -> list[dict[str, Any]]:
             item = {"url": item}
         if not isinstance(item, dict) or set(item) - {"url", "weight"} or not isinstance(item.get("url"), str):
             raise bad_request("each upstream must be a URL string or an object {url, weight}.", "upstreams")
-        weight = _check_number("upstreams", item.get("weight", 1.0), 1e6)
+        weight = inputs.number(item.get("weight", 1.0), "upstreams", 1e6, "an upstream's weight")
         if weight <= 0 or len(item["url"]) > 2000:
             raise bad_request("an upstream's weight must be more than 0 and its URL at most 2000 characters.",
                               "upstreams")

@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from . import catalog
+from . import audit, catalog
 from .admission import Admission, quota_status, spent_in_store
+from .audit import Actor
 from .config import Config
 from .errors import GatewayError, unauthorized
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
 from .limits import Ticket, merged
-from .records import KeyRecord, UsageEvent
+from .records import KeyRecord, ModelRecord, UsageEvent
 from .routing import Router
 from .shared import EPOCH, SharedState
 from .store import Store, StoreError
@@ -58,6 +59,7 @@ class Gateway:
         self.admission = Admission(config, self.shared)
         self.free_models = [m.id for m in config.models if m.free]
         self._refreshing: asyncio.Task | None = None
+        self._catalog_records: list[ModelRecord] | None = None
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the store pool, off the IOLoop."""
@@ -71,13 +73,17 @@ class Gateway:
         await self.reconcile()
 
     async def refresh_models(self) -> None:
-        """Scheduler job (and on a Redis announcement): serve the catalog the store now holds."""
+        """Scheduler job (and on a Redis announcement): serve the catalog the store now holds
+        (nothing to do while it is what this replica already serves)."""
         try:
             records = await self.in_thread(self.store.list_models)
         except StoreError as exc:
             log.warning("could not read the model catalog; serving the previous one: %s", exc)
             return
+        if records == self._catalog_records:
+            return
         served, problems = catalog.build(self.config, records)
+        self._catalog_records = records
         for model_id, problem in problems.items():
             if self.model_problems.get(model_id) != problem:
                 log.error("model %s is not served by this replica: %s", model_id, problem)
@@ -193,6 +199,10 @@ class Gateway:
         if record is not None:
             await self.forget_key(record)
         return record
+
+    async def audit(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> None:
+        """Record a change in the audit log (in the store pool)."""
+        await self.in_thread(audit.record, self.store, actor, action, target, details)
 
     async def forget_key(self, record: KeyRecord) -> None:
         """A key changed in the store: drop it from every replica's caches."""

@@ -71,19 +71,22 @@ def expires_days(value: Any, field: str = "expires_days") -> float | None:
     return float(value)
 
 
+def number(value: Any, field: str, maximum: float, what: str | None = None) -> float:
+    """A JSON number from 0 to `maximum` (never a string or a boolean); `what` names it in the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= maximum:
+        raise bad_request(f"{what or field} must be a number from 0 to {maximum:g}.", field)
+    return float(value)
+
+
 def limits(value: Any, names: tuple[str, ...] = LIMIT_NAMES, field: str = "limits") -> dict[str, float]:
     """Limit overrides: {name: number >= 0} (0 = no limit)."""
     if not isinstance(value, dict):
         raise bad_request(f"{field} must be an object of limits ({', '.join(names)}).", field)
-    clean = {}
-    for name, number in value.items():
+    for name in value:
         if name not in names:
             raise bad_request(f"{field}.{name} is not a known limit (known: {', '.join(names)}).", field)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                or not 0 <= number <= MAX_LIMIT_VALUE:
-            raise bad_request(f"{field}.{name} must be a number >= 0 (0 = no limit).", field)
-        clean[name] = float(number)
-    return clean
+    return {name: number(n, field, MAX_LIMIT_VALUE, f"{field}.{name} (0 = no limit)") for name, n in value.items()}
 
 
 def boolean(value: Any, field: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import audit, inputs
+from . import inputs
 from .audit import Actor
 from .config import ConfigError
 from .errors import GatewayError, bad_request
@@ -168,8 +168,7 @@ class Portal:
             raise GatewayError(409, "These terms have changed since the page was loaded; reload and read them again.",
                                "invalid_request_error", "terms_changed", "version")
         await self.gateway.in_thread(self.gateway.store.set_agreement, user.username, version)
-        await self.gateway.in_thread(audit.record, self.gateway.store, actor, "terms.accept", user.username,
-                                     {"version": version})
+        await self.gateway.audit(actor, "terms.accept", user.username, {"version": version})
         return {"accepted": True, "version": version}
 
     def _require_terms(self, user: UserRecord) -> None:
@@ -209,8 +208,8 @@ class Portal:
             except GatewayError:
                 await self.gateway.in_thread(store.revoke_key, record.id)
                 raise
-        await self.gateway.in_thread(audit.record, store, actor, "key.create", record.id,
-                                     {"owner": record.owner, "name": name, "models": models, "expires": record.expires})
+        await self.gateway.audit(actor, "key.create", record.id,
+                                 {"owner": record.owner, "name": name, "models": models, "expires": record.expires})
         return {"key": key, "record": _key_view(record, time.time())}
 
     async def _check_key_limit(self, user: UserRecord, mine: int) -> None:
@@ -229,8 +228,7 @@ class Portal:
         record = await self.gateway.revoke_key(key_id)
         if record is None:
             raise GatewayError(404, "No such key among yours.", "invalid_request_error", "key_not_found")
-        await self.gateway.in_thread(audit.record, self.gateway.store, actor, "key.revoke", key_id,
-                                     {"owner": record.owner})
+        await self.gateway.audit(actor, "key.revoke", key_id, {"owner": record.owner})
         return {"record": _key_view(record, time.time())}
 
     # --- usage ----------------------------------------------------------------------------

@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def status(active: bool, expires: float | None, now: float) -> str:
+    """"revoked", "expired" or "active": the life of a key or an admin token."""
+    if not active:
+        return "revoked"
+    return "active" if expires is None or now < expires else "expired"
+
+
 @dataclass
 class KeyRecord:
     """An API key as stored: never the key itself, only its SHA-256 hash and a display prefix."""
@@ -26,13 +33,11 @@ class KeyRecord:
     person refuses all their keys through the same caches that carry revocations."""
 
     def usable(self, now: float) -> bool:
-        return self.active and (self.expires is None or now < self.expires)
+        return status(self.active, self.expires, now) == "active"
 
     def status(self, now: float) -> str:
         """"revoked", "expired" or "active", as the CLI and the portal show it."""
-        if not self.active:
-            return "revoked"
-        return "active" if self.usable(now) else "expired"
+        return status(self.active, self.expires, now)
 
     def allows(self, model_id: str) -> bool:
         return not self.models or model_id in self.models
@@ -110,7 +115,10 @@ class AdminToken:
     last_used: float | None = None
 
     def usable(self, now: float) -> bool:
-        return self.active and (self.expires is None or now < self.expires)
+        return status(self.active, self.expires, now) == "active"
+
+    def status(self, now: float) -> str:
+        return status(self.active, self.expires, now)
 
 
 @dataclass

@@ -327,32 +327,27 @@ class MongoStore:
         return len(rows)
 
     def _rebuild_daily_users(self, start: float, end: float) -> None:
-        """Rebuild the per-user daily rows starting in [start, end) as sums of the per-key day rows
-        (fewer rows to read than the raw events)."""
-        pipeline = [
-            {"$match": {"bucket": "day", "start": {"$gte": start, "$lt": end}}},
-            {"$group": {"_id": {name: f"${name}" for name in DAILY_USER_KEY}, **ROLLUP_SUMS}},
-        ]
-        rows = []
-        for row in self.db.usage_rollups.aggregate(pipeline, allowDiskUse=True):
-            row.update(row.pop("_id"))
-            row["_id"] = json.dumps([row[name] for name in DAILY_USER_KEY])
-            rows.append(row)
-        self._replace_range(self.db.usage_daily_users, {}, start, end, rows)
+        """The per-user daily rows starting in [start, end), from the per-key day rows (fewer to read
+        than the raw events)."""
+        self._resum(self.db.usage_daily_users, DAILY_USER_KEY, self.db.usage_rollups, {"bucket": "day"}, start, end)
 
     def _rebuild_daily_models(self, start: float, end: float) -> None:
-        """Rebuild the per-model daily rows starting in [start, end) as sums of the per-user daily rows
-        (rebuild those first)."""
+        """The per-model daily rows starting in [start, end), from the per-user daily rows (rebuild those first)."""
+        self._resum(self.db.usage_daily_models, DAILY_MODEL_KEY, self.db.usage_daily_users, {}, start, end)
+
+    def _resum(self, target: Any, key: tuple[str, ...], source: Any, scope: dict[str, Any], start: float,
+               end: float) -> None:
+        """Replace `target`'s rows starting in [start, end) with `source`'s sums per `key` fields."""
         pipeline = [
-            {"$match": {"start": {"$gte": start, "$lt": end}}},
-            {"$group": {"_id": {name: f"${name}" for name in DAILY_MODEL_KEY}, **ROLLUP_SUMS}},
+            {"$match": {**scope, "start": {"$gte": start, "$lt": end}}},
+            {"$group": {"_id": {name: f"${name}" for name in key}, **ROLLUP_SUMS}},
         ]
         rows = []
-        for row in self.db.usage_daily_users.aggregate(pipeline, allowDiskUse=True):
+        for row in source.aggregate(pipeline, allowDiskUse=True):
             row.update(row.pop("_id"))
-            row["_id"] = json.dumps([row[name] for name in DAILY_MODEL_KEY])
+            row["_id"] = json.dumps([row[name] for name in key])
             rows.append(row)
-        self._replace_range(self.db.usage_daily_models, {}, start, end, rows)
+        self._replace_range(target, {}, start, end, rows)
 
     @staticmethod
     def _replace_range(collection: Any, scope: dict[str, Any], start: float, end: float,

@@ -318,7 +318,7 @@ class SQLiteStore:
             ),
         )
 
-    def _key_by_id(self, key_id: str) -> KeyRecord | None:
+    def get_key(self, key_id: str) -> KeyRecord | None:
         row = self._run(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         return _key(row) if row else None
 
@@ -339,11 +339,11 @@ class SQLiteStore:
 
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         self._run("UPDATE api_keys SET active = 0 WHERE id = ?", (key_id,))
-        return self._key_by_id(key_id)
+        return self.get_key(key_id)
 
     def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
         self._run("UPDATE api_keys SET limits = ? WHERE id = ?", (json.dumps(limits), key_id))
-        return self._key_by_id(key_id)
+        return self.get_key(key_id)
 
     def touch_keys(self, last_used: dict[str, float]) -> None:
         with self._transaction() as conn:
@@ -558,9 +558,6 @@ class SQLiteStore:
             return None
         return self.get_user(username)
 
-    def get_key(self, key_id: str) -> KeyRecord | None:
-        return self._key_by_id(key_id)
-
     def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
                   search: str | None = None, now: float = 0.0, offset: int = 0,
                   limit: int = 50) -> tuple[list[KeyRecord], int]:
@@ -592,7 +589,7 @@ class SQLiteStore:
         sets = ", ".join(f"{name} = ?" for name in values)
         if not self._changes(f"UPDATE api_keys SET {sets} WHERE id = ?", [*values.values(), key_id]):
             return None
-        return self._key_by_id(key_id)
+        return self.get_key(key_id)
 
     def list_models(self) -> list[ModelRecord]:
         rows = self._run("SELECT id, settings, created, updated FROM models ORDER BY id").fetchall()
@@ -735,25 +732,23 @@ def _until(until: float | None) -> float:
 
 
 def _rebuild_daily_users(conn: sqlite3.Connection, start: float, end: float) -> None:
-    """Replace the per-user daily rows starting in [start, end) with sums of the per-key day rows
-    (fewer rows to read than the raw events)."""
-    conn.execute("DELETE FROM usage_daily_users WHERE start >= ? AND start < ?", (start, end))
-    conn.execute(
-        f"INSERT INTO usage_daily_users (start, user, model, {SUM_COLUMNS}) "
-        f"SELECT start, user, model, {GROUP_SUMS} FROM usage_rollups "
-        "WHERE bucket = 'day' AND start >= ? AND start < ? GROUP BY start, user, model",
-        (start, end),
-    )
+    """The per-user daily rows starting in [start, end), from the per-key day rows (fewer to read
+    than the raw events)."""
+    _resum(conn, "usage_daily_users", "user, model", "usage_rollups", "bucket = 'day' AND", start, end)
 
 
 def _rebuild_daily_models(conn: sqlite3.Connection, start: float, end: float) -> None:
-    """Replace the per-model daily rows starting in [start, end) with sums of the per-user daily rows
-    (rebuild those first)."""
-    conn.execute("DELETE FROM usage_daily_models WHERE start >= ? AND start < ?", (start, end))
+    """The per-model daily rows starting in [start, end), from the per-user daily rows (rebuild those first)."""
+    _resum(conn, "usage_daily_models", "model", "usage_daily_users", "", start, end)
+
+
+def _resum(conn: sqlite3.Connection, table: str, columns: str, source: str, source_filter: str, start: float,
+           end: float) -> None:
+    """Replace `table`'s rows starting in [start, end) with `source`'s sums per start and `columns`."""
+    conn.execute(f"DELETE FROM {table} WHERE start >= ? AND start < ?", (start, end))
     conn.execute(
-        f"INSERT INTO usage_daily_models (start, model, {SUM_COLUMNS}) "
-        f"SELECT start, model, {GROUP_SUMS} FROM usage_daily_users "
-        "WHERE start >= ? AND start < ? GROUP BY start, model",
+        f"INSERT INTO {table} (start, {columns}, {SUM_COLUMNS}) SELECT start, {columns}, {GROUP_SUMS} FROM {source} "
+        f"WHERE {source_filter} start >= ? AND start < ? GROUP BY start, {columns}",
         (start, end),
     )
 
