@@ -36,6 +36,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[1], ARGV[1], '
 return 1
 """
 RETRY_SECONDS = 1.0
+LISTEN_WAIT_SECONDS = 1.0
 
 
 def queue_invalidation(pipe: Any, kind: str, value: str, key_hashes: list[str], hold: int) -> None:
@@ -97,6 +98,7 @@ class SharedState:
         self._tasks: set[asyncio.Task] = set()
         self._listener: asyncio.Future | None = None
         self._recovering = False
+        self._closing = False
         self.reseed = True
 
     async def start(self) -> None:
@@ -141,12 +143,17 @@ class SharedState:
         await self.on_reconnect()
 
     async def _listen(self) -> None:
-        """Invalidation messages from every replica; the connection has no read timeout."""
+        """Invalidation messages from every replica, until `close`.
+
+        Each read waits at most a second and the loop checks `_closing`: a cancellation that
+        arrives as redis-py's read timeout fires is taken for the timeout and lost, so
+        cancelling alone could leave `close` waiting for ever.
+        """
         pubsub = self.listener.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            while not self._closing:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_WAIT_SECONDS)
                 if message and message.get("type") == "message":
                     kind, _, value = message["data"].decode().partition(" ")
                     self.on_message(kind, value)
@@ -204,6 +211,7 @@ class SharedState:
         return dropped
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
