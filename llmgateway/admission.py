@@ -12,6 +12,7 @@ import time
 from redis.exceptions import RedisError
 
 from .config import Config, ModelConfig
+from .endpoints import Endpoint
 from .errors import GatewayError
 from .limits import (
     DAY,
@@ -42,7 +43,7 @@ class Admission:
         self.shared = shared
         self.local = LocalLimiter()
 
-    def checks(self, key: KeyRecord, owner_limits: dict[str, float], model: ModelConfig, endpoint: str,
+    def checks(self, key: KeyRecord, owner_limits: dict[str, float], model: ModelConfig, endpoint: Endpoint,
                body: dict) -> list[Check]:
         subjects = [
             (f"key:{key.id}", merged(self.limits.key, key.limits)),
@@ -82,6 +83,17 @@ class Admission:
         ticket.settled = True
         tokens = event.prompt_tokens + event.completion_tokens if event else 0
         cost = round(event.cost * MICROS) if event else 0
+        self._settle(ticket, tokens, cost)
+
+    def release_slots(self, ticket: Ticket) -> None:
+        """Free the ticket's concurrency slots now; its budgets settle later with the counted usage."""
+        slots = [c for c in ticket.checks if c.kind == "conc"]
+        if ticket.settled or not slots:
+            return
+        ticket.checks = [c for c in ticket.checks if c.kind != "conc"]
+        self._settle(Ticket(ticket.request_id, slots, ticket.verdict, ticket.free_model), 0, 0)
+
+    def _settle(self, ticket: Ticket, tokens: int, cost: int) -> None:
         if ticket.verdict.backend == "redis":
             if self.shared is not None and self.shared.up:
                 self.shared.limiter.settle(ticket, tokens, cost)

@@ -103,6 +103,9 @@ class Gateway:
     async def authenticate(self, authorization: str | None) -> tuple[KeyRecord, dict[str, float]]:
         """The key record behind an Authorization header and its owner's limits, or a 401 GatewayError."""
         key = bearer_key(authorization)
+        if key is None and authorization and authorization.split(None, 1)[0].lower() != "bearer":
+            raise unauthorized("The Authorization header must be 'Bearer YOUR_KEY': API keys are accepted as "
+                               "bearer tokens only.")
         if key is None:
             raise unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", "missing_api_key"
@@ -231,6 +234,11 @@ class Gateway:
     def settle(self, ticket: Ticket | None, event: UsageEvent | None) -> None:
         if ticket is not None:
             self.admission.settle(ticket, event)
+
+    def release_slots(self, ticket: Ticket | None) -> None:
+        """The response is over: free its concurrency slots before its usage is known."""
+        if ticket is not None:
+            self.admission.release_slots(ticket)
 
     def begin(self, call: Any = None) -> None:
         """A call (or its settlement) starts; shutdown waits for it."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import LIMIT_NAMES
+from .endpoints import Endpoint
 from .errors import GatewayError
 
 KIND_OF = {
@@ -110,16 +111,15 @@ def _string_bytes(value: Any) -> int:
     return 0
 
 
-def reservation(endpoint: str, body: dict, bytes_per_token: float, default_max_tokens: int) -> tuple[int, int]:
+def reservation(endpoint: Endpoint, body: dict, bytes_per_token: float, default_max_tokens: int) -> tuple[int, int]:
     """(prompt, completion) tokens to reserve: an upper estimate of the prompt, the most the completion may take.
 
     With `bytes_per_token` = 1 the prompt estimate cannot fall short (a byte-level BPE token
     covers at least one byte; 4 per list item covers chat-template tokens around each message).
     """
-    prompt_field = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
-    source = body.get(prompt_field.get(endpoint, "messages"), body)
+    source = body.get(endpoint.prompt_field, body) if endpoint.prompt_field else body
     prompt = math.ceil(_string_bytes(source) / bytes_per_token) + 16
-    if endpoint == "/v1/embeddings":
+    if not endpoint.completes:
         return prompt, 0
     most = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
     choices = body.get("n") or 1

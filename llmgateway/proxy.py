@@ -13,13 +13,16 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tornado.httpclient import HTTPResponse
 
+from .endpoints import KNOWN, Endpoint
 from .errors import GatewayError, bad_request, sse_error_event, upstream_failure
 from .gateway import Gateway
+from .jsonbody import encode_body, load_json
 from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
@@ -29,29 +32,26 @@ from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connecte
 
 log = logging.getLogger("llmgateway.proxy")
 
-CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
-USAGE_STREAMS = (CHAT, COMPLETIONS)
-REQUIRED = {CHAT: ("messages", list), COMPLETIONS: ("prompt", (str, list)), EMBEDDINGS: ("input", (str, list))}
 INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+COUNT_WAIT_SECONDS = 60.0
 CLIENT_CLOSED = 499
 SHUTTING_DOWN = 503
-_ID_PREFIX = os.urandom(8).hex()
+_ID_PREFIX = int.from_bytes(os.urandom(8)) << 64
 _ID_COUNTER = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """Unique across processes (random per-process prefix) and cheap (a counter)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+    """A version-4 UUID: unique across processes (random per-process upper half) and cheap (a
+    counter below it). Servers validate the X-Request-Id they are sent; llama-cpp-python's refuses
+    anything but a UUID with an empty 400."""
+    return str(uuid.UUID(int=_ID_PREFIX | next(_ID_COUNTER), version=4))
 
 
-DROP_REQUEST_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Authorization", "Cookie", "Proxy-Authorization", "Host", "Content-Length", "Connection",
-        "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-        "Accept-Encoding", "Expect", "X-Api-Key", "Api-Key",
-    )
-)
+# What an OpenAI-compatible server needs from the client's headers to serve a call. Nothing else
+# goes upstream: not the client's credentials, cookies or identity (X-Forwarded-*, user headers
+# of an auth proxy), nor OpenAI-Organization/-Project, which pick the account a hosted upstream bills.
+FORWARDED_REQUEST_HEADERS = ("Accept", "OpenAI-Beta")
+USER_AGENT = "llmgateway"
 RELAYED_RESPONSE_HEADERS = frozenset(("content-type", "cache-control"))
 
 
@@ -72,7 +72,7 @@ class Call:
 
     key: KeyRecord
     route: Route
-    endpoint: str
+    endpoint: Endpoint
     body: dict
     payload: bytes
     stream: bool
@@ -92,16 +92,13 @@ class Call:
 
 def parse_body(raw: bytes) -> dict:
     """The request body as a JSON object, or a 400."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.") from None
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     return body
 
 
-def validate(endpoint: str, body: dict) -> tuple[str, bool]:
+def validate(endpoint: Endpoint, body: dict) -> tuple[str, bool]:
     """(model, stream) after checking the fields the gateway relies on."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -121,11 +118,7 @@ def validate(endpoint: str, body: dict) -> tuple[str, bool]:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise bad_request(f"'{name}' must be a non-negative integer.", name)
-    required = REQUIRED.get(endpoint)
-    if required is not None:
-        name, kind = required
-        if not isinstance(body.get(name), kind) or not body[name]:
-            raise bad_request(f"'{name}' is required and must not be empty.", name)
+    endpoint.require_prompt(body)
     return model, stream
 
 
@@ -141,8 +134,8 @@ def authorize_model(gw: Gateway, key: KeyRecord, model: str) -> Route:
     return route
 
 
-def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_headers: Any) -> Call:
-    """Parse, validate, authorize and route one request."""
+def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_headers: Any) -> Call:
+    """Parse, validate, authorize and route one request to a registry endpoint."""
     body = parse_body(raw)
     model, stream = validate(endpoint, body)
     route = authorize_model(gw, key, model)
@@ -151,19 +144,27 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: str, raw: bytes, client_heade
         body["model"] = route.model.target_model
         changed = True
     strip_usage = False
-    if stream and endpoint in USAGE_STREAMS:
+    if stream and endpoint.usage_in_stream:
         options = body.get("stream_options") or {}
         if options.get("include_usage") is not True:
             body["stream_options"] = {**options, "include_usage": True}
             strip_usage = changed = True
-    payload = json.dumps(body).encode() if changed else raw
-    headers = {k: v for k, v in client_headers.get_all() if k.lower() not in DROP_REQUEST_HEADERS}
-    headers["Content-Type"] = "application/json"
-    if route.secret:
-        headers["Authorization"] = f"Bearer {route.secret}"
-    call = Call(key, route, endpoint, body, payload, stream, strip_usage, headers)
-    headers["X-Request-Id"] = call.request_id
+    payload = encode_body(body) if changed else raw
+    call = Call(key, route, endpoint, body, payload, stream, strip_usage, {})
+    call.headers = upstream_headers(client_headers, route.secret, call.request_id)
     return call
+
+
+def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[str, str]:
+    """The headers an upstream gets: the allowlisted ones of the client's, and the gateway's own."""
+    headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "User-Agent": USER_AGENT}
+    for name in FORWARDED_REQUEST_HEADERS:
+        value = client_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    return headers
 
 
 async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None:
@@ -177,8 +178,8 @@ async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None
 def _error_message(body: bytes) -> str:
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body[:200].decode("utf-8", "replace")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return body[:200].decode("utf-8", "replace").strip()
     if isinstance(obj, dict):
         err = obj.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
@@ -190,15 +191,23 @@ def _error_message(body: bytes) -> str:
     return ""
 
 
-def upstream_status_error(status: int, body: bytes, retry_after: str | None = None) -> GatewayError:
+def upstream_status_error(status: int, body: bytes, model: str, retry_after: str | None = None) -> GatewayError:
     """Map an upstream error status: client errors pass through, server errors become 502/503/504.
 
-    The upstream's 401/403 would blame the client's key for the gateway's upstream secret, so
-    they count as upstream failures. A Retry-After from the upstream is passed on.
+    A 401, 403 or 407 is the upstream's complaint about the gateway's own upstream secret: it
+    would blame the client's key, and its words can quote the secret, so the client gets a 502
+    of ours and the operator a log line without the upstream's words. A Retry-After from the
+    upstream is passed on.
     """
+    if status in (401, 403, 407):
+        log.error("the upstream of model %s refused the gateway's upstream credentials (%d); check the "
+                  "model's secret", model, status)
+        return upstream_failure(502, f"The upstream of model '{model}' refused the gateway's credentials; "
+                                "the gateway's operators have been told.", "upstream_auth_failed")
     message = _error_message(body)
-    if 400 <= status < 500 and status not in (401, 403, 407):
-        err = GatewayError(status, message or f"The upstream refused the request ({status}).",
+    if 400 <= status < 500:
+        err = GatewayError(status, message or f"The upstream of model '{model}' refused the request ({status}) "
+                           "without saying why.",
                            "invalid_request_error" if status != 429 else "rate_limit_error", "upstream_" + str(status))
     elif status in (503, 504):
         text = f"The upstream is unavailable ({status}). {message}".strip()
@@ -228,6 +237,7 @@ class Relay:
         self.sink = sink
         self.status = 0
         self.headers_in: dict[str, str] = {}
+        self.in_headers = False
         self.started_client = False
         self.error_body: list[bytes] = []
         self.meter = StreamMeter(call.strip_usage) if call.stream else None
@@ -240,11 +250,11 @@ class Relay:
             response = None
             for upstream in self.call.route.candidates():
                 self.call.upstream = upstream
-                upstream.outstanding += 1
+                upstream.enter()
                 try:
                     response = await self._fetch(upstream)
                 finally:
-                    upstream.outstanding -= 1
+                    upstream.leave()
                 if not (response.code == 599 and never_connected(response)) or self.started_client:
                     break
                 mark_down(upstream)
@@ -261,7 +271,7 @@ class Relay:
             self.gw.end(self.call)
 
     async def _fetch(self, upstream: UpstreamState) -> HTTPResponse:
-        url = upstream.url + self.call.endpoint
+        url = upstream.url + self.call.endpoint.path
         self.status = 0
         self.headers_in = {}
         chunks = self._on_chunk if self.call.stream else None
@@ -274,13 +284,19 @@ class Relay:
         return bool(self.call.cut)
 
     def _on_header(self, raw: bytes) -> None:
-        """libcurl HEADERFUNCTION: runs inside libcurl, so it only records."""
+        """libcurl HEADERFUNCTION: runs inside libcurl, so it only records.
+
+        libcurl passes a chunked body's trailer lines here too, after the body; only lines of
+        the header block (from a status line to the blank line) count as headers."""
         line = raw.decode("latin-1").rstrip("\r\n")
         if line.startswith("HTTP/"):
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
             self.headers_in = {}
-        elif ":" in line and not line[0].isspace():
+            self.in_headers = True
+        elif not line:
+            self.in_headers = False
+        elif self.in_headers and ":" in line and not line[0].isspace():
             name, _, value = line.partition(":")
             self.headers_in[name.strip().lower()] = value.strip()
 
@@ -322,7 +338,8 @@ class Relay:
         err = self._failure(response)
         if not self.started_client:
             retry_after = self.headers_in.get("retry-after")
-            err = err or upstream_status_error(response.code, b"".join(self.error_body), retry_after)
+            err = err or upstream_status_error(response.code, b"".join(self.error_body), self.call.route.model.id,
+                                              retry_after)
             self._settle(err.status, "")
             raise err
         tail = meter.finish()
@@ -337,9 +354,10 @@ class Relay:
         err = self._failure(response)
         body = response.body or b""
         if err is None and not 200 <= response.code < 300:
-            err = upstream_status_error(response.code, body, self.headers_in.get("retry-after"))
+            err = upstream_status_error(response.code, body, self.call.route.model.id,
+                                        self.headers_in.get("retry-after"))
         obj: Any = None
-        if err is None and ("json" in self.headers_in.get("content-type", "") or self.call.endpoint in REQUIRED):
+        if err is None and ("json" in self.headers_in.get("content-type", "") or self.call.endpoint.path in KNOWN):
             try:
                 obj = json.loads(body)
             except (ValueError, UnicodeDecodeError):
@@ -365,15 +383,23 @@ class Relay:
         self.gw.in_background(self._count_and_record(status, latency_ms, text, meter))
 
     async def _count_and_record(self, status: int, latency_ms: float, text: str, meter: StreamMeter | None) -> None:
+        """Ask the upstream's tokenizer once it has no user call of ours in flight (see
+        `UpstreamState.quiet`); the call's concurrency slot is free meanwhile."""
         if meter is not None:
             text = meter.completion_text()
         call = self.call
-        upstream_url = call.upstream.url if call.upstream else call.route.pool[0].url
+        upstream = call.upstream or call.route.pool[0]
+        self.gw.release_slots(call.ticket)
         try:
-            prompt, completion, estimated = await self.gw.counter.count(
-                upstream_url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
-                call.route.model.usage_probe,
-            )
+            if await upstream.quiet(COUNT_WAIT_SECONDS):
+                prompt, completion, estimated = await self.gw.counter.count(
+                    upstream.url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
+                    call.route.model.usage_probe,
+                )
+            else:
+                log.warning("upstream %s stayed busy for %.0f s; recording an estimate for %s", upstream.url,
+                            COUNT_WAIT_SECONDS, call.request_id)
+                prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
         except asyncio.CancelledError:
             self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
             raise
@@ -394,5 +420,5 @@ class Relay:
             ts=self.call.ts, request_id=self.call.request_id, key_id=self.call.key.id, user=self.call.key.owner,
             model=model.id, prompt_tokens=prompt, completion_tokens=completion, cost=round(cost, 10),
             status=status, latency_ms=round(latency_ms, 3), streamed=self.call.stream, estimated=estimated,
-            endpoint=self.call.endpoint,
+            endpoint=self.call.endpoint.path,
         )

@@ -6,6 +6,7 @@ A pool with several upstreams spreads load by picking the one with the fewest re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -22,9 +23,42 @@ class UpstreamState:
     weight: float
     outstanding: int = 0
     down_until: float = 0.0
+    idle_waiters: list[asyncio.Future] = field(default_factory=list, repr=False)
 
     def load(self) -> float:
         return self.outstanding / self.weight
+
+    def enter(self) -> None:
+        """A user's call to this upstream starts."""
+        self.outstanding += 1
+
+    def leave(self) -> None:
+        """A user's call ends; the gateway's own calls waiting for a quiet upstream may go."""
+        self.outstanding -= 1
+        if not self.outstanding:
+            waiters, self.idle_waiters = self.idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def quiet(self, timeout: float) -> bool:
+        """Wait until no user call of this process is in flight to this upstream (False: timed out).
+
+        A single-slot server such as llama-cpp-python's stops the call it is generating when
+        another request reaches it, so the gateway's own counting calls wait for a quiet moment.
+        """
+        if not self.outstanding:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self.idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self.idle_waiters:
+                self.idle_waiters.remove(waiter)
+        return True
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Counting tokens when the upstream did not report usage, off the hot path.
 
-Order of truth (DESIGN.md): the upstream's own usage; else its tokenizer — vLLM's `/tokenize`
+Order of truth: the upstream's own usage; else its tokenizer — vLLM's `/tokenize`
 (which applies the chat template to `messages`, so chat prompts count exactly) or
 llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
 apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .endpoints import MESSAGES, TEXTS, Endpoint
+
 PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
 
 VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
@@ -30,16 +32,16 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
-def estimate_prompt(endpoint: str, body: dict) -> int:
+def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
     """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
-    if endpoint == "/v1/chat/completions":
+    if endpoint.counting == MESSAGES:
         return estimate(message_text(body.get("messages")))
-    if endpoint in ("/v1/completions", "/v1/embeddings"):
+    if endpoint.counting == TEXTS:
         return sum(estimate(t) for t in prompt_texts(endpoint, body))
     return estimate(json.dumps(body.get("input", body.get("messages", ""))))
 
 
-def estimate_usage(endpoint: str, body: dict, completion_text: str) -> tuple[int, int, bool]:
+def estimate_usage(endpoint: Endpoint, body: dict, completion_text: str) -> tuple[int, int, bool]:
     """(prompt, completion, True): the estimate used when no tokenizer could be asked."""
     return estimate_prompt(endpoint, body), estimate(completion_text), True
 
@@ -66,9 +68,9 @@ def message_text(messages: Any) -> str:
     return "\n".join(parts)
 
 
-def prompt_texts(endpoint: str, body: dict) -> list[str]:
+def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:
     """The prompt as a list of texts, for endpoints whose prompt is plain text."""
-    value = body.get("prompt") if endpoint == "/v1/completions" else body.get("input")
+    value = body.get(endpoint.prompt_field)
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -89,16 +91,16 @@ class TokenCounter:
         base_url: str,
         secret: str,
         model: str,
-        endpoint: str,
+        endpoint: Endpoint,
         body: dict,
         completion_text: str,
         probe: bool,
     ) -> tuple[int, int, bool]:
         """(prompt_tokens, completion_tokens, estimated)."""
         prompt: int | None = None
-        if endpoint == "/v1/chat/completions":
+        if endpoint.counting == MESSAGES:
             prompt = await self._chat_prompt(base_url, secret, model, body, probe)
-        elif endpoint in ("/v1/completions", "/v1/embeddings"):
+        elif endpoint.counting == TEXTS:
             prompt = await self._count_texts(base_url, secret, model, prompt_texts(endpoint, body), special=True)
         estimated = prompt is None
         if prompt is None:

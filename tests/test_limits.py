@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmgateway.config import ConfigError, parse_config
+from llmgateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from llmgateway.limits import (
     MICROS,
     Check,
@@ -200,11 +201,11 @@ def test_concurrent_admissions_on_two_connections_never_exceed_the_limit(redis_s
 
 def test_reservation_is_an_upper_bound_of_prompt_and_completion() -> None:
     body = {"messages": [{"role": "user", "content": "héllo wörld"}], "max_tokens": 7, "n": 2}
-    prompt, completion = reservation("/v1/chat/completions", body, 1.0, 1024)
+    prompt, completion = reservation(CHAT, body, 1.0, 1024)
     assert prompt >= len("héllo wörld".encode()) and completion == 14
-    assert reservation("/v1/completions", {"prompt": "abc"}, 1.0, 50)[1] == 50
-    assert reservation("/v1/embeddings", {"input": ["a", "b"]}, 1.0, 50)[1] == 0
-    assert reservation("/v1/chat/completions", body, 4.0, 1024)[0] < prompt
+    assert reservation(COMPLETIONS, {"prompt": "abc"}, 1.0, 50)[1] == 50
+    assert reservation(EMBEDDINGS, {"input": ["a", "b"]}, 1.0, 50)[1] == 0
+    assert reservation(CHAT, body, 4.0, 1024)[0] < prompt
 
 
 def test_token_budgets_apply_only_to_free_models() -> None:
