@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tornado.web import Application, StaticFileHandler
+from tornado.web import StaticFileHandler
 
 from llmgateway.admin import Admin
 from llmgateway.gateway import Gateway
@@ -14,12 +14,13 @@ from . import portal as portal_door
 from . import saml
 from .admin import AdminPageHandler, admin_routes
 from .base import NotFoundHandler
+from .guard import GuardedApplication
 from .health import HealthHandler, ReadyHandler
 from .openai import ModelsHandler, ProxyHandler
 
 
 def make_app(gateway: Gateway, portal: Portal | None = None, admin: Admin | None = None,
-             **settings: Any) -> Application:
+             **settings: Any) -> GuardedApplication:
     """All routes of the gateway; the portal's, SAML's and the admin UI's only when the portal is enabled."""
     args = {"gateway": gateway}
     routes: list[tuple] = [
@@ -34,7 +35,10 @@ def make_app(gateway: Gateway, portal: Portal | None = None, admin: Admin | None
         routes += portal_routes(gateway, portal)
         settings.update(xsrf_cookies=True,
                         xsrf_cookie_kwargs={"secure": portal.config.secure_cookies, "samesite": "Strict"})
-    return Application(routes, default_handler_class=NotFoundHandler, default_handler_args=args, **settings)
+    server = gateway.config.server
+    return GuardedApplication(routes, default_handler_class=NotFoundHandler, default_handler_args=args,
+                              api_body_cap=server.max_body_bytes, max_headers=server.max_headers,
+                              max_header_bytes=server.max_header_bytes, **settings)
 
 
 def portal_routes(gateway: Gateway, portal: Portal) -> list[tuple]:

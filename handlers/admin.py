@@ -19,19 +19,20 @@ from llmgateway.admin_auth import require_admin
 from llmgateway.audit import Actor
 from llmgateway.errors import GatewayError, bad_request
 from llmgateway.gateway import Gateway
+from llmgateway.jsonbody import load_json
 from llmgateway.portal import Portal, Session
 from llmgateway.sessions import SESSION_COOKIE
 
 from .admin_spec import spec
-from .base import BaseHandler
-from .portal import MAX_JSON_BODY, PageHandler
+from .base import BaseHandler, BodyReader
+from .portal import PageHandler
 
 log = logging.getLogger("llmgateway.admin")
 
 PREFIX = "/admin/api/v1"
 
 
-class AdminApiHandler(BaseHandler):
+class AdminApiHandler(BodyReader, BaseHandler):
     """What every admin API route shares: who is calling, their XSRF check, JSON in and out."""
 
     admin: Admin
@@ -54,13 +55,18 @@ class AdminApiHandler(BaseHandler):
     async def prepare(self) -> None:
         source = self.request.remote_ip or ""
         authorization = self.request.headers.get("Authorization")
-        if authorization is not None or self.portal is None:
-            self.actor = await self.admin.authenticate(authorization or "", source)
+        try:
+            if authorization is not None or self.portal is None:
+                self.actor = await self.admin.authenticate(authorization or "", source)
+            else:
+                session: Session | None = await self.portal.session(self.get_cookie(SESSION_COOKIE))
+                self.actor = require_admin(session.user if session else None, source)
+                if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                    RequestHandler.check_xsrf_cookie(self)
+        except (GatewayError, HTTPError) as exc:
+            self.refuse(exc)
             return
-        session: Session | None = await self.portal.session(self.get_cookie(SESSION_COOKIE))
-        self.actor = require_admin(session.user if session else None, source)
-        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-            RequestHandler.check_xsrf_cookie(self)
+        self.check_content_length()
 
     def args(self) -> dict[str, str | None]:
         """The query as sent (Tornado's own getters turn control characters into spaces, which
@@ -68,29 +74,12 @@ class AdminApiHandler(BaseHandler):
         return {name: self.decode_argument(values[-1], name) for name, values in self.request.query_arguments.items()}
 
     def body(self) -> Any:
-        if len(self.request.body) > MAX_JSON_BODY:
-            raise GatewayError(413, "The request body is too large.", "invalid_request_error", "request_too_large")
-        try:
-            return json.loads(self.request.body or b"null")
-        except ValueError:
-            raise bad_request("The body must be JSON.") from None
-
-    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        if not isinstance(value, GatewayError):
-            super().log_exception(typ, value, tb)
+        return load_json(self.request_body())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        self.set_header("Content-Type", "application/json")
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(m for m in ("GET", "POST", "PATCH", "DELETE")
-                                               if getattr(type(self), m.lower()) is not getattr(RequestHandler,
-                                                                                                 m.lower())))
-        if isinstance(exc, GatewayError):
-            self.set_status(exc.status)
-            self.finish(json.dumps(exc.body()))
-            return
         if isinstance(exc, HTTPError) and status_code == 403 and "xsrf" in (exc.log_message or "").lower():
+            self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(GatewayError(403, "Send the XSRF token (X-XSRFToken header) with changes made "
                                                "through a browser session.", "permission_error",
                                                "xsrf_missing").body()))

@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from llmgateway.errors import GatewayError, error_body
 from llmgateway.gateway import Gateway
 from llmgateway.portal import Portal, Session
 from llmgateway.sessions import SESSION_COOKIE
+
+from .guard import SMALL_BODY
 
 log = logging.getLogger("llmgateway.handlers")
 
@@ -58,7 +60,9 @@ class BaseHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """Tornado's own version logs the full URI and request repr; the query string can carry
-        a key, so only method and path are logged here."""
+        a key, so only method and path are logged here. A `GatewayError` is an answer, not a fault."""
+        if isinstance(value, GatewayError):
+            return
         if isinstance(value, HTTPError):
             if value.log_message:
                 detail = value.log_message % value.args if value.args else value.log_message
@@ -76,12 +80,106 @@ class BaseHandler(RequestHandler):
             return "The gateway failed to handle the request."
         return self._reason
 
+    def allowed_methods(self) -> str:
+        """The methods this handler serves, for a 405's Allow header."""
+        return ", ".join(m for m in ("GET", "POST", "PATCH", "DELETE")
+                         if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower()))
+
+    def method_not_allowed(self) -> GatewayError:
+        return GatewayError(405, f"{self.request.method} is not allowed here (allowed: {self.allowed_methods()}).",
+                            "invalid_request_error", "method_not_allowed", headers={"Allow": self.allowed_methods()})
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Errors Tornado raises itself (405, unexpected exceptions) in the OpenAI shape."""
-        message = self.error_message(status_code, kwargs.get("exc_info", (None, None, None))[1])
+        """A `GatewayError` raised from a handler, and errors Tornado raises itself (405,
+        unexpected exceptions), in the OpenAI shape."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            self.set_status(exc.status)
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(exc.body()))
+            return
+        if status_code == 405:
+            err = self.method_not_allowed()
+            self.set_header("Allow", err.headers["Allow"])
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(err.body()))
+            return
+        message = self.error_message(status_code, exc)
         kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(error_body(message, kind, self.error_codes.get(status_code))))
+
+
+@stream_request_body
+class BodyReader(RequestHandler):
+    """Read the body only after `prepare` has authenticated the caller, and only up to `body_cap`.
+
+    Tornado reads a whole body before `prepare` unless the handler streams it; streaming it lets
+    every door refuse an anonymous caller from the headers alone. The connection itself is capped
+    a little higher (see `handlers.guard`), so that a body past the cap still gets a clean 413.
+    """
+
+    body_cap = 64 * 1024
+    _parts: list[bytes] | None = None
+    _size = 0
+    _refusal: Exception | None = None
+
+    def refuse(self, exc: Exception) -> None:
+        """Refuse the call from its headers (raised from `prepare`).
+
+        A body of at most 64 KiB (any door takes one that size), or none, is read and dropped
+        first, so that the client reads the answer and keeps its connection; a larger one, or one
+        of unknown length, is never read: the answer comes at once and the connection closes.
+        """
+        declared = self.request.headers.get("Content-Length", "0")
+        if not declared.isdigit() or int(declared) > SMALL_BODY or "Transfer-Encoding" in self.request.headers:
+            raise exc
+        self._refusal = exc
+        self.body_cap = -1
+        setattr(self, self.request.method.lower(), self._answer_refusal)
+
+    def _answer_refusal(self, *_args: Any, **_kwargs: Any) -> None:
+        assert self._refusal is not None
+        raise self._refusal
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._parts is None:
+            self._parts = []
+        self._size += len(chunk)
+        if self._size <= self.body_cap:
+            self._parts.append(chunk)
+        else:
+            self._parts = []
+
+    def check_content_length(self) -> None:
+        """A 413 before reading, when the declared length is already past the cap."""
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.body_cap:
+            raise too_large(self.body_cap)
+
+    def finish(self, chunk: Any = None) -> Any:
+        """An answer given from `prepare` comes before the body was read, and Tornado then closes
+        the connection; say so, or the client would send its next request on it."""
+        if self._prepared_future is not None and not self._prepared_future.done():
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
+    def request_body(self) -> bytes:
+        """The whole body, or a 413 if it was larger than the cap."""
+        if self._size > self.body_cap:
+            raise too_large(self.body_cap)
+        return b"".join(self._parts or ())
+
+    def drop_body(self) -> None:
+        """Let go of the raw body once it is parsed (streams can outlive it by minutes)."""
+        self._parts = None
+
+
+def too_large(cap: int) -> GatewayError:
+    return GatewayError(413, f"The request body is larger than {cap} bytes.", "invalid_request_error",
+                        "request_too_large")
 
 
 class NotFoundHandler(BaseHandler):

@@ -1,15 +1,17 @@
-"""The OpenAI-compatible door: /v1/models and every POST /v1/... relayed to an upstream."""
+"""The OpenAI-compatible door: /v1/models and every POST /v1/... relayed to an upstream.
+
+The key is checked from the headers and the path resolved to a registry endpoint before a byte
+of the body is read (see `BodyReader`); the body is then read up to `server.max_body_bytes`.
+"""
 
 from __future__ import annotations
 
-from tornado.web import stream_request_body
-
+from llmgateway.endpoints import KNOWN, Endpoint, resolve, unknown_path
 from llmgateway.errors import GatewayError
 from llmgateway.proxy import Call, Relay, admit, authorize_model, prepare
+from llmgateway.records import KeyRecord
 
-from .base import BaseHandler
-
-HARD_BODY_CAP = 64 * 1024 * 1024
+from .base import BaseHandler, BodyReader
 
 
 class ModelsHandler(BaseHandler):
@@ -32,39 +34,34 @@ def _model(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "llmgateway"}
 
 
-@stream_request_body
-class ProxyHandler(BaseHandler):
-    """POST /v1/<path>: authenticate, then hand the call to the core relay.
-
-    The body is read in chunks so that an oversized one still gets a clean 413 (up to a hard cap,
-    past which the connection is closed) instead of a dropped connection.
-    """
+class ProxyHandler(BodyReader, BaseHandler):
+    """POST /v1/<path>: authenticate, resolve the endpoint, then hand the call to the core relay."""
 
     call: Call | None = None
+    key: KeyRecord
+    owner_limits: dict[str, float]
+    endpoint: Endpoint
 
-    def prepare(self) -> None:
-        self.limit = self.gateway.config.server.max_body_bytes
-        self.chunks: list[bytes] = []
-        self.size = 0
+    async def prepare(self) -> None:
+        self.body_cap = self.gateway.config.server.max_body_bytes
         self.streaming = False
-        self.request.connection.set_max_body_size(max(self.limit * 4, HARD_BODY_CAP))
-
-    def data_received(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limit:
-            self.chunks = []
-        else:
-            self.chunks.append(chunk)
-
-    async def post(self, path: str) -> None:
         try:
-            if self.size > self.limit:
-                raise GatewayError(413, f"The request body is larger than {self.limit} bytes.",
-                                   "invalid_request_error", "request_too_large")
-            key, owner_limits = await self.gateway.authenticate(self.request.headers.get("Authorization"))
-            self.call = prepare(self.gateway, key, "/v1/" + path, b"".join(self.chunks), self.request.headers)
-            self.chunks = []
-            await admit(self.gateway, self.call, owner_limits)
+            self.key, self.owner_limits = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            if self.request.method != "POST":
+                if self.request.path in KNOWN:
+                    raise self.method_not_allowed()
+                raise unknown_path(self.request.path)
+            self.endpoint = resolve(self.request.path)
+        except GatewayError as err:
+            self.refuse(err)
+            return
+        self.check_content_length()
+
+    async def post(self, _path: str) -> None:
+        try:
+            self.call = prepare(self.gateway, self.key, self.endpoint, self.request_body(), self.request.headers)
+            self.drop_body()
+            await admit(self.gateway, self.call, self.owner_limits)
             self.streaming = self.call.stream
             if self.gone:
                 self.call.cancel()

@@ -6,7 +6,6 @@ shows in place; state-changing calls need the XSRF token (`X-XSRFToken` header).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,11 +15,12 @@ from urllib.parse import urlencode
 from tornado.web import HTTPError
 
 from llmgateway.audit import Actor
-from llmgateway.errors import GatewayError, bad_request
+from llmgateway.errors import GatewayError
+from llmgateway.jsonbody import load_json
 from llmgateway.portal import safe_next
 from llmgateway.sessions import SESSION_COOKIE
 
-from .base import BaseHandler, SessionHandler
+from .base import BaseHandler, BodyReader, SessionHandler
 
 log = logging.getLogger("llmgateway.portal")
 
@@ -33,7 +33,6 @@ def _static_dir() -> Path:
 
 
 STATIC = _static_dir()
-MAX_JSON_BODY = 64 * 1024
 
 
 class PageHandler(SessionHandler):
@@ -110,24 +109,29 @@ class DevLoginHandler(PageHandler):
         self.redirect(self.path(next_path), status=303)
 
 
-class JsonHandler(SessionHandler):
+class JsonHandler(BodyReader, SessionHandler):
     """The portal's JSON API: a session is required; errors come back as JSON for the page to show."""
+
+    def check_xsrf_cookie(self) -> None:
+        """Checked in `prepare`, after the session (so that a lapsed session gets 401, not 403)."""
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self.session is None:
-            raise HTTPError(401, "Your session has ended; log in again.")
+        try:
+            if self.session is None:
+                raise HTTPError(401, "Your session has ended; log in again.")
+            if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                SessionHandler.check_xsrf_cookie(self)
+        except HTTPError as exc:
+            self.refuse(exc)
+            return
+        self.check_content_length()
 
     def fail(self, err: GatewayError) -> None:
         self.write_json(err.body(), err.status)
 
     def json_body(self) -> Any:
-        if len(self.request.body) > MAX_JSON_BODY:
-            raise GatewayError(413, "The request body is too large.", "invalid_request_error", "request_too_large")
-        try:
-            return json.loads(self.request.body or b"null")
-        except ValueError:
-            raise bad_request("The body must be JSON.") from None
+        return load_json(self.request_body())
 
     error_codes = {401: "not_logged_in", 403: "forbidden"}
     write_error = BaseHandler.write_error

@@ -47,6 +47,9 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     drain_seconds: float = 30.0
     access_log: bool = True
+    body_timeout_seconds: float = 60.0
+    max_headers: int = 100
+    max_header_bytes: int = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,8 +192,16 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         max_body_bytes=_int(server_raw, "server.max_body_bytes", 10 * 1024 * 1024, minimum=1024),
         drain_seconds=_number(server_raw, "server.drain_seconds", 30.0),
         access_log=_bool(server_raw, "server.access_log", True),
+        body_timeout_seconds=_number(server_raw, "server.body_timeout_seconds", 60.0),
+        max_headers=_int(server_raw, "server.max_headers", 100, minimum=10),
+        max_header_bytes=_int(server_raw, "server.max_header_bytes", 32 * 1024, minimum=4096),
     )
-    _reject_unknown(server_raw, "server", {"listen", "max_body_bytes", "drain_seconds", "access_log"})
+    if server.body_timeout_seconds <= 0:
+        raise ConfigError("server.body_timeout_seconds must be > 0")
+    if server.max_header_bytes > 128 * 1024:
+        raise ConfigError("server.max_header_bytes must be at most 131072")
+    _reject_unknown(server_raw, "server", {"listen", "max_body_bytes", "drain_seconds", "access_log",
+                                           "body_timeout_seconds", "max_headers", "max_header_bytes"})
 
     up_raw = _table(raw, "upstream")
     _reject_unknown(

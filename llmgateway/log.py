@@ -1,12 +1,15 @@
 """Logging set-up and the access log, which never carries secrets.
 
 The access line holds method, path (no query string: keys sometimes travel there), status,
-duration and the gateway's request id; never headers, cookies or bodies.
+duration and the gateway's request id; never headers, cookies or bodies. Tornado logs malformed
+requests itself, quoting the offending header line or request line (a key, a cookie, a query
+string); `WithholdTornadoDetails` keeps only that a malformed request came and from where.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -30,6 +33,22 @@ class Formatter(logging.Formatter):
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int(record.msecs):03d}Z"
+
+
+class WithholdTornadoDetails(logging.Filter):
+    """Drops the details Tornado adds to its messages about malformed requests and bad cookies:
+    they quote what the client sent, credentials included ("Malformed HTTP message from
+    127.0.0.1: Invalid header value 'Bearer sk-lgw-...'", "Invalid cookie signature '...'")."""
+
+    QUOTING = ("Malformed HTTP", "Unsatisfiable read", "cookie", "Cookie")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("tornado.") and isinstance(record.msg, str) and any(
+                q in record.msg for q in self.QUOTING):
+            head = re.split(r"[:%]", record.msg, maxsplit=1)[0].removesuffix(" from ").strip()
+            record.msg = f"{head} (details not logged: they may carry credentials)"
+            record.args = ()
+        return True
 
 
 class BufferedStreamHandler(logging.StreamHandler):
@@ -59,6 +78,7 @@ def flush_logs() -> None:
 def setup_logging(level: str = "INFO") -> None:
     handler = BufferedStreamHandler()
     handler.setFormatter(Formatter())
+    handler.addFilter(WithholdTornadoDetails())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -15,7 +15,7 @@ import signal
 from tornado.httpserver import HTTPServer
 
 from handlers import make_app
-from handlers.openai import HARD_BODY_CAP
+from handlers.guard import MAX_HEADER_BLOCK
 
 from .admin import Admin
 from .admin_auth import bootstrap_hash
@@ -56,7 +56,8 @@ async def serve(config: Config) -> None:
         gateway.close()
         raise
     app = make_app(gateway, portal, admin, log_function=log_request)
-    server = HTTPServer(app, max_body_size=HARD_BODY_CAP, idle_connection_timeout=75)
+    server = HTTPServer(app, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
+                        body_timeout=config.server.body_timeout_seconds, idle_connection_timeout=75)
     try:
         server.listen(config.server.port, config.server.host)
     except OSError as exc:

@@ -1,0 +1,102 @@
+"""What every request meets before any handler: header limits and each door's body cap.
+
+Tornado parses the header block, then hands it to the application's delegate; `GuardedApplication`
+looks at it there, before routing. Too many header fields, or too many bytes of them, get a 431
+at once (Tornado's own limit, `MAX_HEADER_BLOCK`, is set well above ours so that a long header
+line is answered, not dropped). A declared body longer than the door takes gets a 413 before a
+byte of it is read, and the connection is capped a little above the door's cap, so that handlers
+reading the body (see `BodyReader`) can answer a chunked body past the cap with their own 413.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import httputil
+from tornado.web import Application
+
+from llmgateway.errors import GatewayError
+
+log = logging.getLogger("llmgateway.access")
+
+MAX_HEADER_BLOCK = 256 * 1024
+SMALL_BODY = 64 * 1024
+SAML_BODY = 512 * 1024
+
+
+def door_cap(path: str, api_cap: int) -> int:
+    """How large a body the door behind `path` takes: /v1 its setting; SAML responses 512 KiB
+    (signed XML with certificates); the portal's and admin's JSON and forms 64 KiB."""
+    if path.startswith("/v1/"):
+        return api_cap
+    if path.startswith("/saml/"):
+        return SAML_BODY
+    return SMALL_BODY
+
+
+class GuardedApplication(Application):
+    """A Tornado application whose requests pass `RequestGuard` first."""
+
+    def __init__(self, *args: Any, api_body_cap: int, max_headers: int, max_header_bytes: int,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.api_body_cap = api_body_cap
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return RequestGuard(self, super().start_request(server_conn, request_conn), request_conn)
+
+
+class RequestGuard(httputil.HTTPMessageDelegate):
+    """Answers 431 or 413 from the headers alone, or passes the request on untouched."""
+
+    def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
+                 conn: httputil.HTTPConnection) -> None:
+        self.app = app
+        self.inner = inner
+        self.conn = conn
+        self.refused = False
+
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Any:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        path = start_line.path.partition("?")[0]
+        fields = list(headers.get_all())
+        size = sum(len(name) + len(value) + 4 for name, value in fields)
+        if len(fields) > self.app.max_headers or size > self.app.max_header_bytes:
+            return self.refuse(431, start_line, path, GatewayError(
+                431, f"The request has too many header fields or header bytes (at most {self.app.max_headers} "
+                f"fields and {self.app.max_header_bytes} bytes).", "invalid_request_error", "headers_too_large"))
+        cap = door_cap(path, self.app.api_body_cap)
+        declared = headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return self.refuse(413, start_line, path, GatewayError(
+                413, f"The request body is larger than {cap} bytes.", "invalid_request_error", "request_too_large"))
+        self.conn.set_max_body_size(cap * 2)  # type: ignore[attr-defined]
+        return self.inner.headers_received(start_line, headers)
+
+    def refuse(self, status: int, start_line: httputil.RequestStartLine, path: str, err: GatewayError) -> None:
+        """Answer and close without reading the body or routing the request."""
+        self.refused = True
+        body = json.dumps(err.body()).encode()
+        reason = httputil.responses.get(status, "Error")
+        self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, reason), httputil.HTTPHeaders({
+            "Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "close"}), body)
+        self.conn.finish()
+        log.warning("%d %s %s (refused before routing)", status, start_line.method, path[:200])
+
+    def data_received(self, chunk: bytes) -> Any:
+        if not self.refused:
+            return self.inner.data_received(chunk)
+        return None
+
+    def finish(self) -> None:
+        if not self.refused:
+            self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.refused:
+            self.inner.on_connection_close()
