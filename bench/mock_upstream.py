@@ -35,11 +35,17 @@ Deterministic tokenizer, which the gateway's tests rely on:
   ``prompt_tokens = tokens(json.dumps(body))`` (the body as received) and 2 completion tokens.
 
 Modes apply to ``POST /v1/...`` only; ``GET /v1/models`` and the tokenize endpoints always answer
-normally. ``error500``, ``status`` and ``badjson`` answer at once (no latency); ``hang`` drops the
+normally. ``error500``, ``status``, ``bare`` (the status with an empty body, as llama-cpp-python's
+server refuses a request) and ``badjson`` answer at once (no latency); ``hang`` drops the
 connection unanswered after 120 s; ``die`` cuts a stream after ``die_after`` data events (no
 ``[DONE]``, no final chunk) and a whole body half-way through a longer promised Content-Length.
 
-``GET /mock/requests`` (the last 200 requests, oldest first: method, path, headers, parsed body),
+The seed layout is served too: ``/<name>/v1/...`` answers as ``/v1/...`` (one prefix segment in
+front of ``/v1/``). ``--api-key`` refuses other keys with a 401 quoting part of the key sent, as
+hosted services do.
+
+``GET /mock/requests`` (the last 200 requests, oldest first: method, path without a seed prefix,
+``raw_path`` as on the request line, headers, parsed body),
 ``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted. A stream counts
 as completed once ``[DONE]`` is sent, as aborted when its client leaves first; a ``die`` stream
 is neither.
@@ -71,7 +77,8 @@ from tornado.iostream import StreamClosedError
 from .serving import serve_until_signal
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-MODES = ("ok", "error500", "badjson", "hang", "die", "status")
+MODES = ("ok", "error500", "badjson", "hang", "die", "status", "bare")
+SEED_PREFIX = re.compile(r"/[^/]+(?=/v1/)")
 TOKENIZERS = ("vllm", "llamacpp", "none")
 HANG_SECONDS = 120.0
 REQUEST_LOG_SIZE = 200
@@ -258,6 +265,7 @@ class Exchange(httputil.HTTPMessageDelegate):
         self.conn = conn
         self.opts = mock.options
         self.method = ""
+        self.raw_path = ""
         self.path = ""
         self.headers = httputil.HTTPHeaders()
         self.chunks: list[bytes] = []
@@ -272,7 +280,8 @@ class Exchange(httputil.HTTPMessageDelegate):
     ) -> None:
         assert isinstance(start_line, httputil.RequestStartLine)
         self.method = start_line.method
-        self.path = start_line.path.partition("?")[0]
+        self.raw_path = start_line.path
+        self.path = SEED_PREFIX.sub("", start_line.path.partition("?")[0], count=1)
         self.headers = headers
 
     def data_received(self, chunk: bytes) -> None:
@@ -342,7 +351,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         stats = self.mock.stats
         stats.requests += 1
         raw = b"".join(self.chunks)
-        entry: dict[str, Any] = {"method": self.method, "path": self.path, "headers": dict(self.headers), "body": None}
+        entry: dict[str, Any] = {"method": self.method, "path": self.path, "raw_path": self.raw_path,
+                                 "headers": dict(self.headers), "body": None}
         stats.log.append(entry)
         try:
             self.body = entry["body"] = json.loads(raw) if raw else None
@@ -356,7 +366,8 @@ class Exchange(httputil.HTTPMessageDelegate):
                 self.answer(400, error_body(400, str(exc)))
                 return False
         if self.opts.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.opts.api_key}":
-            self.answer(401, error_body(401, "Incorrect API key provided"))
+            sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            self.answer(401, error_body(401, f"Incorrect API key provided: {sent[:6]}***{sent[-4:]}"))
             return False
         return True
 
@@ -409,6 +420,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         elif mode == "status":
             self.answer(status, error_body(status, f"mock status {status}"),
                         {"Retry-After": "1"} if status in (429, 503) else None)
+        elif mode == "bare":
+            self.answer(status, b"")
         elif mode == "badjson":
             self.answer(200, BAD_JSON)
         elif mode == "hang":

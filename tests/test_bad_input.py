@@ -271,6 +271,9 @@ def test_no_or_malformed_authorization_is_401(setup, subtests) -> None:
             assert status == 401, data
             err = check_error_body(json.loads(data), json.loads(data)["error"]["code"])
             assert err["code"] in ("missing_api_key", "invalid_api_key"), err
+            if header.startswith("Basic"):
+                assert "Bearer YOUR_KEY" in err["message"] and "didn't provide" not in err["message"], err
+                assert key not in err["message"]
     for name, bad in [("wrong shape", "sk-wrong"), ("too short", "sk-lgw-abc"), ("well-formed unknown", unknown_key())]:
         with subtests.test(name):
             sdk_error(lambda bad=bad: gw.client(bad).chat.completions.create(model="m", messages=HELLO),
@@ -325,11 +328,15 @@ def test_expired_key_is_401(setup) -> None:
 def test_wrong_method_is_405_with_a_json_error(setup) -> None:
     mock, gw, key = setup()
     result = raw(gw, "GET", "/v1/chat/completions", None, {"Authorization": f"Bearer {key}"})
-    check_raw_error(result, 405, None)
+    check_raw_error(result, 405, "method_not_allowed")
+    assert result[1]["allow"] == "POST"
     with pytest.raises(openai.APIStatusError) as info:
         gw.client(key).get("/chat/completions", cast_to=object)
     assert info.value.status_code == 405
-    check_error_body(info.value.response.json(), None)
+    check_error_body(info.value.response.json(), "method_not_allowed")
+    result = raw(gw, "POST", "/v1/models", b"{}", {"Authorization": f"Bearer {key}"})
+    check_raw_error(result, 405, "method_not_allowed")
+    assert result[1]["allow"] == "GET"
     sentinel(gw, mock, key)
 
 
@@ -341,6 +348,8 @@ def test_unknown_path_is_404_with_a_json_error(setup) -> None:
     status, body = http_json("GET", gw.url + "/v2/models")
     assert status == 404
     check_error_body(body, "unknown_path")
+    for path in ("/v1/nope", "/v1/chat/completion"):
+        check_raw_error(raw(gw, "GET", path, None, {"Authorization": f"Bearer {key}"}), 404, "unknown_path")
     sentinel(gw, mock, key)
 
 
