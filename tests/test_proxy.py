@@ -140,6 +140,27 @@ def test_streams_without_a_usage_chunk_are_counted_exactly(start_mock, start_gat
     assert (completion["prompt_tokens"], completion["completion_tokens"], completion["estimated"]) == (4, 3, 0)
 
 
+def test_counting_waits_until_no_user_call_is_in_flight(start_mock, start_gateway) -> None:
+    """A single-slot server (llama-cpp-python) stops the stream it is generating when another
+    request arrives; the gateway's own tokenize and probe calls must never be that request."""
+    mock = start_mock("--usage-chunk", "off", "--tokenize", "llamacpp")
+    gw = start_gateway(model_toml("m", [mock.url]), extra="[limits.key]\nconcurrent_requests = 2\n")
+    client = gw.client(gw.create_key())
+    long = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=10, stream=True,
+                                          extra_body={"mock": {"interval_ms": 100}})
+    next(iter(long))
+    for _ in range(2):
+        list(client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=2, stream=True))
+    assert sum(1 for c in long if c.choices and c.choices[0].delta.content) == 9
+    events = gw.wait_events(3)
+    assert all(e["estimated"] == 0 and e["status"] == 200 for e in events), events
+    assert sorted(e["completion_tokens"] for e in events) == [2, 2, 10]
+    own = [r for r in mock.requests() if r["path"] in ("/extras/tokenize/count", "/v1/chat/completions")
+           and r["body"].get("stream") is not True]
+    assert own, "the counts were not asked of the upstream's tokenizer"
+    assert all(r["streams_open"] == 0 for r in own), [(r["path"], r["streams_open"]) for r in own]
+
+
 def test_llama_cpp_bos_token_is_not_counted_in_the_completion(start_mock, start_gateway) -> None:
     """llama-cpp-python's tokenizer adds BOS to every count; generated text has none."""
     mock = start_mock("--usage-chunk", "off", "--tokenize", "llamacpp", "--bos", "1")
