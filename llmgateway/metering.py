@@ -15,6 +15,7 @@ from typing import Any
 COMPACT_AT = 1 << 20
 USAGE_MARK = b'"usage"'
 NULL_USAGE_MARKS = (b'"usage":null', b'"usage": null')
+DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
 
 
 def normalise_usage(usage: Any) -> tuple[int, int] | None:
@@ -91,6 +92,7 @@ class StreamMeter:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: tuple[int, int] | None = None
+        self.done = False
         self._tail = b""
         self._raw: list[bytes] = []
         self._raw_size = 0
@@ -111,13 +113,21 @@ class StreamMeter:
     def finish(self) -> bytes:
         """The end of the stream: scan what was held back; return what is still to relay."""
         tail, self._tail = self._tail, b""
+        self._see_done(tail)
         if not tail.strip():
             return tail if self.strip_usage_chunk else b""
         keep = self._scan_event(tail)
         return tail if keep and self.strip_usage_chunk else b""
 
+    def _see_done(self, block: bytes) -> None:
+        """Note the stream's `data: [DONE]`: only at the start of a line, where no JSON string
+        (which cannot hold a raw newline) can put it."""
+        if any(block.startswith(m) or b"\n" + m in block for m in DONE_MARKS):
+            self.done = True
+
     def _scan(self, block: bytes) -> bytes:
         """Look at each complete event in `block`; return the block minus a stripped usage chunk."""
+        self._see_done(block)
         marks = block.count(USAGE_MARK)
         if not marks or marks == sum(block.count(m) for m in NULL_USAGE_MARKS):
             self._keep_raw(block)

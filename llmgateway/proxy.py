@@ -27,7 +27,7 @@ from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .routing import Route, UpstreamState, mark_down
-from .tokencount import estimate_usage
+from .tokencount import Target, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
 
 log = logging.getLogger("llmgateway.proxy")
@@ -337,6 +337,10 @@ class Relay:
         assert meter is not None
         err = self._failure(response)
         if not self.started_client:
+            if err is None and 200 <= response.code < 300:
+                err = upstream_failure(502, f"The upstream of model '{self.call.route.model.id}' ended the stream "
+                                       "without sending anything (llama-cpp-python does this when the prompt is "
+                                       "longer than the model's context).", "upstream_empty_stream")
             retry_after = self.headers_in.get("retry-after")
             err = err or upstream_status_error(response.code, b"".join(self.error_body), self.call.route.model.id,
                                               retry_after)
@@ -345,6 +349,10 @@ class Relay:
         tail = meter.finish()
         if tail:
             self.sink.send(tail)
+        if meter.done:
+            # The upstream finished the stream; what broke after its `[DONE]` (the client leaving at
+            # once, a shutdown, the connection's close) took nothing from the client.
+            err = None
         if err is not None and err.status != CLIENT_CLOSED:
             self.sink.send(sse_error_event(f"The stream broke off: {err.message}", err.type, err.code))
         self.sink.end()
@@ -383,23 +391,25 @@ class Relay:
         self.gw.in_background(self._count_and_record(status, latency_ms, text, meter))
 
     async def _count_and_record(self, status: int, latency_ms: float, text: str, meter: StreamMeter | None) -> None:
-        """Ask the upstream's tokenizer once it has no user call of ours in flight (see
-        `UpstreamState.quiet`); the call's concurrency slot is free meanwhile."""
+        """Ask the upstream's tokenizer, each request only while no user call of ours is in flight
+        to it (`UpstreamState.quiet`); the call's concurrency slot is free meanwhile."""
         if meter is not None:
             text = meter.completion_text()
         call = self.call
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
-        try:
+
+        async def quiet() -> bool:
             if await upstream.quiet(COUNT_WAIT_SECONDS):
-                prompt, completion, estimated = await self.gw.counter.count(
-                    upstream.url, call.route.secret, call.route.model.target_model, call.endpoint, call.body, text,
-                    call.route.model.usage_probe,
-                )
-            else:
-                log.warning("upstream %s stayed busy for %.0f s; recording an estimate for %s", upstream.url,
-                            COUNT_WAIT_SECONDS, call.request_id)
-                prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
+                return True
+            log.warning("upstream %s stayed busy for %.0f s; recording an estimate for %s", upstream.url,
+                        COUNT_WAIT_SECONDS, call.request_id)
+            return False
+
+        target = Target(upstream.url, call.route.secret, call.route.model.target_model, quiet)
+        try:
+            prompt, completion, estimated = await self.gw.counter.count(
+                target, call.endpoint, call.body, text, call.route.model.usage_probe)
         except asyncio.CancelledError:
             self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
             raise

@@ -16,6 +16,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .endpoints import MESSAGES, TEXTS, Endpoint
@@ -78,6 +79,24 @@ def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:
     return []
 
 
+class Busy(Exception):
+    """The upstream stayed busy with user calls: counting gives up and the event is estimated."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The upstream a count is asked of, and how to ask it.
+
+    `quiet` is awaited before every request: on a single-slot server (llama-cpp-python) any
+    request that arrives while a user's stream is generating stops that stream, so the counter
+    waits for a moment with none in flight, again before each of its requests."""
+
+    base_url: str
+    secret: str
+    model: str
+    quiet: Callable[[], Awaitable[bool]] | None = None
+
+
 class TokenCounter:
     """Learns which tokenize endpoint each upstream has and uses it to count."""
 
@@ -86,90 +105,93 @@ class TokenCounter:
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
 
-    async def count(
-        self,
-        base_url: str,
-        secret: str,
-        model: str,
-        endpoint: Endpoint,
-        body: dict,
-        completion_text: str,
-        probe: bool,
-    ) -> tuple[int, int, bool]:
+    async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
+                    probe: bool) -> tuple[int, int, bool]:
         """(prompt_tokens, completion_tokens, estimated)."""
+        try:
+            return await self._count(target, endpoint, body, completion_text, probe)
+        except Busy:
+            return estimate_usage(endpoint, body, completion_text)
+
+    async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
+                     probe: bool) -> tuple[int, int, bool]:
         prompt: int | None = None
         if endpoint.counting == MESSAGES:
-            prompt = await self._chat_prompt(base_url, secret, model, body, probe)
+            prompt = await self._chat_prompt(target, body, probe)
         elif endpoint.counting == TEXTS:
-            prompt = await self._count_texts(base_url, secret, model, prompt_texts(endpoint, body), special=True)
+            prompt = await self._count_texts(target, prompt_texts(endpoint, body), special=True)
         estimated = prompt is None
         if prompt is None:
             prompt = estimate_prompt(endpoint, body)
         completion = 0
         if completion_text:
-            counted = await self._count_texts(base_url, secret, model, [completion_text], special=False)
+            counted = await self._count_texts(target, [completion_text], special=False)
             if counted is None:
                 counted, estimated = estimate(completion_text), True
             completion = counted
         return prompt, completion, estimated
 
-    async def _style(self, base_url: str, secret: str, model: str) -> str:
+    async def _post(self, target: Target, path: str, obj: Any) -> tuple[int, Any]:
+        if target.quiet is not None and not await target.quiet():
+            raise Busy
+        return await self.post_json(target.base_url + path, obj, target.secret)
+
+    async def _style(self, target: Target) -> str:
+        base_url = target.base_url
         known = self._styles.get(base_url)
         if known and (known[0] != NONE or time.monotonic() - known[1] < RELEARN_AFTER):
             return known[0]
         style = NONE
-        if _count(*await self.post_json(f"{base_url}/tokenize", {"model": model, "prompt": "a"}, secret)) is not None:
+        if _count(*await self._post(target, "/tokenize", {"model": target.model, "prompt": "a"})) is not None:
             style = VLLM
         else:
-            bos = _count(*await self.post_json(f"{base_url}/extras/tokenize/count", {"input": ""}, secret))
+            bos = _count(*await self._post(target, "/extras/tokenize/count", {"input": ""}))
             if bos is not None:
                 style = LLAMACPP
                 self._bos[base_url] = bos
         self._styles[base_url] = (style, time.monotonic())
         return style
 
-    async def _count_one(self, base_url: str, secret: str, model: str, text: str, special: bool) -> int | None:
-        style = await self._style(base_url, secret, model)
+    async def _count_one(self, target: Target, text: str, special: bool) -> int | None:
+        style = await self._style(target)
         if style == VLLM:
-            req = {"model": model, "prompt": text, "add_special_tokens": special}
-            return _count(*await self.post_json(f"{base_url}/tokenize", req, secret))
+            req = {"model": target.model, "prompt": text, "add_special_tokens": special}
+            return _count(*await self._post(target, "/tokenize", req))
         if style == LLAMACPP:
-            counted = _count(*await self.post_json(f"{base_url}/extras/tokenize/count", {"input": text}, secret))
+            counted = _count(*await self._post(target, "/extras/tokenize/count", {"input": text}))
             if counted is not None and not special:
-                # llama-cpp-python always adds BOS; generated text has none, so take it off again.
-                return max(counted - self._bos.get(base_url, 0), 0)
+                # llama-cpp-python adds BOS to every count (for models that have one); generated
+                # text has none, so take it off again.
+                return max(counted - self._bos.get(target.base_url, 0), 0)
             return counted
         return None
 
-    async def _count_texts(
-        self, base_url: str, secret: str, model: str, texts: list[str], special: bool
-    ) -> int | None:
+    async def _count_texts(self, target: Target, texts: list[str], special: bool) -> int | None:
         if not texts or len(texts) > MAX_TEXTS:
             return None if texts else 0
         total = 0
         for text in texts:
-            counted = await self._count_one(base_url, secret, model, text, special)
+            counted = await self._count_one(target, text, special)
             if counted is None:
                 return None
             total += counted
         return total
 
-    async def _chat_prompt(self, base_url: str, secret: str, model: str, body: dict, probe: bool) -> int | None:
+    async def _chat_prompt(self, target: Target, body: dict, probe: bool) -> int | None:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        if await self._style(base_url, secret, model) == VLLM:
-            req = {"model": model, "messages": messages}
-            counted = _count(*await self.post_json(f"{base_url}/tokenize", req, secret))
+        if await self._style(target) == VLLM:
+            counted = _count(*await self._post(target, "/tokenize", {"model": target.model, "messages": messages}))
             if counted is not None:
                 return counted
         if not probe:
             return None
-        probe_body = {"model": model, "messages": messages, "max_tokens": 1, "stream": False}
+        probe_body = {"model": target.model, "messages": messages, "max_tokens": 1, "stream": False}
         for field in ("tools", "tool_choice", "response_format"):
             if field in body:
                 probe_body[field] = body[field]
-        status, obj = await self.post_json(f"{base_url}/v1/chat/completions", probe_body, secret)
+        status, obj = await self._post(target, "/v1/chat/completions", probe_body)
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if status == 200 and isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             return usage["prompt_tokens"]

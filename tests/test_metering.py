@@ -97,3 +97,14 @@ def test_choice_text_covers_content_reasoning_and_tool_calls() -> None:
                                     "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]}
     assert choice_text(obj) == "abf{}"
     assert choice_text({"choices": [{"text": "t"}]}) == "t"
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 13, 10_000])
+def test_the_end_of_the_stream_is_seen_at_any_split_and_only_at_a_line_start(size: int) -> None:
+    body = b"".join(chunks(["data: [DONE]", " b"], usage_null=False))
+    meter = StreamMeter(strip_usage_chunk=False)
+    relay(meter, body, size)
+    assert not meter.done, "a [DONE] inside the generated text is not the end of the stream"
+    meter = StreamMeter(strip_usage_chunk=True)
+    relay(meter, body + USAGE + DONE, size)
+    assert meter.done
