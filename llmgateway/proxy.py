@@ -356,7 +356,7 @@ class Relay:
         if err is not None and err.status != CLIENT_CLOSED:
             self.sink.send(sse_error_event(f"The stream broke off: {err.message}", err.type, err.code))
         self.sink.end()
-        self._settle(err.status if err else response.code, "", meter.usage, meter)
+        self._settle(err.status if err else self.status, "", meter.usage, meter)
 
     def _finish_plain(self, response: HTTPResponse) -> None:
         err = self._failure(response)
