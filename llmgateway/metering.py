@@ -89,8 +89,11 @@ def _event_json(event: bytes) -> Any:
 class StreamMeter:
     """Incremental SSE watcher for one stream; see the module docstring."""
 
-    def __init__(self, strip_usage_chunk: bool) -> None:
+    def __init__(self, strip_usage_chunk: bool, whole_events: bool = False) -> None:
+        """`whole_events`: relay only complete events (as stripping does), so that a rewrite of
+        the relayed bytes never meets half of what it looks for."""
         self.strip_usage_chunk = strip_usage_chunk
+        self.hold = strip_usage_chunk or whole_events
         self.usage: tuple[int, int] | None = None
         self.done = False
         self._tail = b""
@@ -104,20 +107,20 @@ class StreamMeter:
         cut = max(buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n"))
         if cut < 0:
             self._tail = buf
-            return b"" if self.strip_usage_chunk else data
+            return b"" if self.hold else data
         end = cut + (4 if buf.startswith(b"\r\n\r\n", cut) else 2)
         complete, self._tail = buf[:end], buf[end:]
         kept = self._scan(complete)
-        return kept if self.strip_usage_chunk else data
+        return kept if self.hold else data
 
     def finish(self) -> bytes:
         """The end of the stream: scan what was held back; return what is still to relay."""
         tail, self._tail = self._tail, b""
         self._see_done(tail)
         if not tail.strip():
-            return tail if self.strip_usage_chunk else b""
+            return tail if self.hold else b""
         keep = self._scan_event(tail)
-        return tail if keep and self.strip_usage_chunk else b""
+        return tail if keep and self.hold else b""
 
     def _see_done(self, block: bytes) -> None:
         """Note the stream's `data: [DONE]`: only at the start of a line, where no JSON string

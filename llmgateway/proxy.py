@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -219,6 +220,26 @@ def upstream_status_error(status: int, body: bytes, model: str, retry_after: str
     return err
 
 
+def model_renamer(upstream_name: str, client_name: str) -> Callable[[bytes], bytes] | None:
+    """What renames the upstream's model name to the one the client sent, in relayed JSON and
+    SSE bytes (None when they are the same): clients and cost trackers match on the name they
+    sent. A byte replace of the `"model": "<name>"` member, not a parse and re-encode: inside a
+    JSON string the quotes would be escaped, so generated text never matches."""
+    if upstream_name == client_name:
+        return None
+    old, new = json.dumps(upstream_name).encode(), json.dumps(client_name).encode()
+    pairs = [(b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new)]
+
+    def rename(data: bytes) -> bytes:
+        if old not in data:
+            return data
+        for before, after in pairs:
+            data = data.replace(before, after)
+        return data
+
+    return rename
+
+
 def transport_error(response: HTTPResponse) -> GatewayError:
     errno = curl_errno(response)
     if errno in TIMEOUT_ERRORS:
@@ -240,7 +261,8 @@ class Relay:
         self.in_headers = False
         self.started_client = False
         self.error_body: list[bytes] = []
-        self.meter = StreamMeter(call.strip_usage) if call.stream else None
+        self.rename = model_renamer(call.route.model.target_model, call.route.model.id)
+        self.meter = StreamMeter(call.strip_usage, self.rename is not None) if call.stream else None
         self.settling = False
 
     async def run(self) -> None:
@@ -319,6 +341,8 @@ class Relay:
             self.sink.start(self.status, self._relayed_headers())
         assert self.meter is not None
         out = self.meter.feed(data)
+        if self.rename is not None and out:
+            out = self.rename(out)
         if out:
             self.sink.send(out)
 
@@ -347,6 +371,8 @@ class Relay:
             self._settle(err.status, "")
             raise err
         tail = meter.finish()
+        if tail and self.rename is not None:
+            tail = self.rename(tail)
         if tail:
             self.sink.send(tail)
         if meter.done:
@@ -374,7 +400,7 @@ class Relay:
             self._settle(err.status, "")
             raise err
         self.sink.start(response.code, self._relayed_headers())
-        self.sink.send(body)
+        self.sink.send(body if self.rename is None else self.rename(body))
         self.sink.end()
         self._settle(response.code, choice_text(obj), find_usage(obj))
 

@@ -123,6 +123,19 @@ def test_upstream_model_name_and_headers(start_mock, start_gateway) -> None:
     assert event["model"] == "short" and event["request_id"] == raw.headers["x-request-id"]
 
 
+def test_responses_name_the_model_the_client_asked_for(start_mock, start_gateway) -> None:
+    mock = start_mock()
+    gw = start_gateway(model_toml("short", [mock.url], upstream_model="org/Long-Model-Name"))
+    client = gw.client(gw.create_key())
+    assert client.chat.completions.create(model="short", messages=MESSAGES, max_tokens=3).model == "short"
+    assert client.completions.create(model="short", prompt="Hi", max_tokens=3).model == "short"
+    for options in ({}, {"stream_options": {"include_usage": True}}):
+        chunks = list(client.chat.completions.create(model="short", messages=MESSAGES, max_tokens=30, stream=True,
+                                                     extra_body={"mock": {"tokens": 40}}, **options))
+        assert len(chunks) >= 30 and {c.model for c in chunks} == {"short"}
+    assert {r["body"]["model"] for r in mock.requests()} == {"org/Long-Model-Name"}
+
+
 @pytest.mark.parametrize("tokenizer", ["vllm", "llamacpp"])
 def test_streams_without_a_usage_chunk_are_counted_exactly(start_mock, start_gateway, tokenizer: str) -> None:
     """llama-cpp-python sends no usage chunk even when asked; the upstream tokenizer counts instead."""
