@@ -119,12 +119,17 @@ ROLLUP_ORDER: Index = tuple((name, ASCENDING) for name in ROLLUP_KEY[1:])
 
 @dataclass(frozen=True)
 class Shape:
-    """A query the store runs: its collection, the index it is hinted to, its order, and why that index."""
+    """A query the store runs: its collection, the index it is hinted to, its order, and why that index.
+
+    `reads_documents` names the filter fields the index cannot hold, tested on fetched documents
+    by choice (say why in `why`); every other filter field is bounded by the index or tested on its keys.
+    """
 
     collection: str
     index: Index
     why: str
     sort: Index = ()
+    reads_documents: tuple[str, ...] = ()
 
 
 # Every query the store runs, by name, with the index that serves it. `init` creates exactly these
@@ -146,7 +151,8 @@ QUERIES: dict[str, Shape] = {
                      ("prefix", ASCENDING)),
         "the admin key list without an owner: walks newest first and stops at the page; status and "
         "search are tested on the index keys (every field they read is in the index), so counts and "
-        "deep pages read no document; `model` alone reads documents (an array cannot be in it)", NEWEST_KEYS),
+        "deep pages read no document; `model` alone reads documents (an array would make the index "
+        "multikey, which cannot cover a query)", NEWEST_KEYS, ("models",)),
     "keys.page_of_owner": Shape(
         "api_keys", (("owner", ASCENDING), *NEWEST_KEYS), "one person's keys newest first: owner equality, "
         "then the index's order", NEWEST_KEYS),
@@ -382,13 +388,13 @@ class MongoStore:
     @_mapped
     def init(self) -> None:
         self._ensure_indexes()
-        if self.db.usage_daily_users.find_one({}, {"_id": True}) is None:
+        if self._one("daily_users.by_start", {}, {"_id": True}) is None:
             # A store written before the per-user daily rollups existed: derive them from the per-key
             # ones, a month of days at a time.
             days = sorted(self.db.usage_rollups.distinct("start", {"bucket": "day"}))
             for i in range(0, len(days), BACKFILL_DAYS):
                 self._rebuild_daily_users(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
-        if self.db.usage_daily_models.find_one({}, {"_id": True}) is None:
+        if self._one("daily_models.by_start", {}, {"_id": True}) is None:
             # A store written before the per-model daily rollups existed: derive them from the per-user
             # ones, a month of days at a time.
             days = sorted(self.db.usage_daily_users.distinct("start"))
