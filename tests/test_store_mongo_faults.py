@@ -615,3 +615,13 @@ def test_client_options_are_set_and_the_url_wins() -> None:
     assert store.client.options.timeout == 2 and store.client.options.pool_options.socket_timeout is None
     assert store.client.write_concern.document == {"w": "majority"}
     store.close()
+
+
+def test_the_readme_lists_every_query_shape_with_its_index() -> None:
+    """The README's query table is the store's: a shape added or an index changed without it fails."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `")}
+    for name, shape in QUERIES.items():
+        assert name in rows, name
+        assert ", ".join(f"{f} {d:+d}" for f, d in shape.index) in rows[name], name
+        assert shape.why in rows[name], name
