@@ -32,6 +32,7 @@ from pymongo.errors import (
     ExecutionTimeout,
     NetworkTimeout,
     NotPrimaryError,
+    OperationFailure,
 )
 
 from llmgateway.keys import make_record
@@ -596,7 +597,11 @@ def test_a_stuck_index_build_ends_the_start_with_a_reason(monkeypatch: pytest.Mo
         ExecutionTimeout("operation exceeded time limit on mongodb://alice:s3cret-pw@db-1")))
     with pytest.raises(StoreError, match=r"did not finish within 30 s \(is a replica-set member down") as caught:
         store.init()
-    assert "s3cret" not in str(caught.value)
+    assert "s3cret" not in str(caught.value) and str(caught.value).count("MongoDB store") == 1
+    monkeypatch.setattr(mongomock.Collection, "create_index", raising(OperationFailure("not authorized")))
+    with pytest.raises(StoreError, match="OperationFailure: not authorized") as caught:
+        store.init()
+    assert "did not finish" not in str(caught.value)
 
 
 def test_client_options_are_set_and_the_url_wins() -> None:

@@ -413,10 +413,12 @@ class MongoStore:
                 for collection, indexes in declared_indexes().items():
                     self._ensure_collection_indexes(collection, indexes)
         except PyMongoError as exc:
+            if not exc.timeout:
+                raise
+            cause = self.error(exc).args[0].removeprefix(f"MongoDB store {self.where}: ")
             raise StoreError(
                 f"MongoDB store {self.where}: creating or checking indexes did not finish within "
-                f"{INIT_TIMEOUT_SECONDS} s (is a replica-set member down, or an index build still running?): "
-                f"{self.error(exc)}"
+                f"{INIT_TIMEOUT_SECONDS} s (is a replica-set member down, or an index build still running?): {cause}"
             ) from None
 
     def _ensure_collection_indexes(self, collection: str, indexes: list[Index]) -> None:
