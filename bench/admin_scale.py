@@ -16,11 +16,18 @@ every figure as JSON. The seeded store is kept (`--store`) and reused by the nex
 holds the same counts and is less than a day old; `--reseed` makes it afresh. The run has a time
 bound (`--time-limit`), and the gateway is stopped at the end, on error, Ctrl-C or SIGTERM.
 Exit status: 0 when every page is under the budget, 1 when one is not, 2 when the run failed.
+
+`--mongo-shapes` measures nothing: it copies the seeded store into the MongoDB store on mongomock
+(no server is needed; mongomock comes with the test dependencies), runs the admin core behind each
+page and variant in-process, and reports the query shapes each issues and the index that serves
+each, by the MongoDB store's query table (`llmgateway.store.mongo.QUERIES`): the list to take to
+an explain() review of a real server. A small scale (`--users 50 --keys 300 --events 3000`) does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import csv
@@ -48,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from . import load
 from .run import REPO, BenchError, Children, free_port, git_state, say, terminate_on_sigterm
@@ -833,6 +840,110 @@ def machine() -> dict[str, Any]:
             "sqlite": sqlite3.sqlite_version, "kernel": platform.release()}
 
 
+# --- --mongo-shapes: what each page asks of MongoDB -----------------------------------------
+
+
+def mongomock_client() -> Any:
+    """A mongomock client whose bulk builder takes pymongo's `sort` argument (never set by the store)."""
+    import mongomock
+    from mongomock.collection import BulkOperationBuilder
+
+    for name in ("add_update", "add_replace"):
+        method = getattr(BulkOperationBuilder, name)
+        if "sort" not in method.__code__.co_varnames:
+            def accept(self: Any, *args: Any, sort: Any = None, _method: Any = method, **kwargs: Any) -> Any:
+                return _method(self, *args, **kwargs)
+            setattr(BulkOperationBuilder, name, accept)
+    return mongomock.MongoClient()
+
+
+def mongo_copy(path: Path, days: int) -> Any:
+    """The seeded SQLite store's people, keys, events and audit log in a MongoDB store on mongomock,
+    with its rollups built by the MongoDB store itself; shapes it runs are noted in `.shapes`."""
+    from llmgateway.store import BUCKETS, open_store
+    from llmgateway.store.mongo import MongoStore
+
+    class Noting(MongoStore):
+        """The MongoDB store, noting the query shape of every read (a count from metadata as such)."""
+
+        shapes: list[str] = []
+
+        def _find(self, shape: str, *args: Any, **kwargs: Any) -> Any:
+            self.shapes.append(shape)
+            return super()._find(shape, *args, **kwargs)
+
+        def _count(self, shape: str, query: dict[str, Any]) -> int:
+            self.shapes.append(f"{shape} (count)" if query else "estimated count")
+            return super()._count(shape, query)
+
+        def _aggregate(self, shape: str, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            self.shapes.append(f"{shape} (aggregate)")
+            return super()._aggregate(shape, pipeline)
+
+    source = open_store(f"sqlite:///{path}")
+    store = Noting("mongodb://mongomock/llmgateway", client=mongomock_client())
+    store.init()
+    for user in source.list_users():
+        store.upsert_user(user)
+    for key in source.list_keys():
+        store.insert_key(key)
+    events = source.usage_events()
+    store.insert_usage(events)
+    for entry in reversed(source.find_audit(limit=None)[0]):  # type: ignore[arg-type]
+        store.insert_audit(entry)
+    since = time.time() - (days + 1) * 86400
+    for bucket, size in BUCKETS.items():
+        store.rollup_usage(bucket, since // size * size, time.time())
+    source.close()
+    return store
+
+
+async def page_shapes(store: Any, case: Case) -> list[str]:
+    """The shapes the admin core issues for one case, call by call as the page sends them."""
+    from llmgateway.admin import Admin
+    from llmgateway.config import parse_config
+    from llmgateway.gateway import Gateway
+
+    with tempfile.TemporaryDirectory(prefix="llmgw-shapes-") as tmp:
+        gateway = Gateway(parse_config({"usage": {"spool_dir": tmp}}), store)
+        admin = Admin(gateway, None)
+        routes: dict[str, Callable[[dict[str, str]], Any]] = {
+            "/keys": admin.list_keys, "/users": admin.list_users, "/usage/events": admin.usage.events,
+            "/audit": admin.find_audit, "/models": lambda args: admin.models.list_models(),
+            "/usage": lambda args: (admin.usage.csv if args.get("format") == "csv" else admin.usage.report)(args),
+        }
+        store.shapes.clear()
+        try:
+            for path in case.paths:
+                route, _, query = path.partition("?")
+                await routes[route](dict(parse_qsl(query)))
+        finally:
+            gateway.upstream.close()
+            gateway.executor.shutdown(wait=True)
+        return list(dict.fromkeys(store.shapes))
+
+
+def shapes_report(args: argparse.Namespace) -> str:
+    """Seed (or reuse) the store, copy it to mongomock, and list each page's shapes and their indexes."""
+    from llmgateway.store.mongo import QUERIES
+
+    scale = Scale(args.users, args.keys, args.events, args.days, args.random_seed)
+    store_path = args.store.absolute()
+    if args.reseed or reusable(store_path, scale)[0] is None:
+        say(f"seeding {store_path}: {scale.users:,} users, {scale.keys:,} keys, {scale.events:,} events")
+        seed(store_path, scale)
+    store = mongo_copy(store_path, scale.days)
+    lines = ["| page | variant | query shape | index (hinted) |", "|---|---|---|---|"]
+    for case in cases(Facts(store_path), datetime.now(UTC).date(), scale.days):
+        for shape in asyncio.run(page_shapes(store, case)):
+            name = shape.split(" (")[0]
+            index = "collection metadata" if shape == "estimated count" else ", ".join(
+                f"{field} {direction:+d}" for field, direction in QUERIES[name].index)
+            where = "" if shape == "estimated count" else f"{QUERIES[name].collection}: "
+            lines.append(f"| {case.page} | {case.name} | {shape} | {where}{index} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench.admin_scale", description=__doc__.split("\n\n")[0])
@@ -840,6 +951,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"the seeded SQLite file, kept for reruns [{DEFAULT_STORE}]")
     p.add_argument("--reseed", action="store_true", help="seed the store afresh even if it could be reused")
     p.add_argument("--seed-only", action="store_true", help="seed (or check) the store, start no gateway")
+    p.add_argument("--mongo-shapes", action="store_true",
+                   help="measure nothing: report each page's MongoDB query shapes and their indexes (mongomock)")
     p.add_argument("--users", type=int, default=20_000, help="people [20000]")
     p.add_argument("--keys", type=int, default=300_000,
                    help="API keys: one per person, the rest Pareto-spread [300000]")
@@ -866,6 +979,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or REPO / "bench" / "results" / f"admin-scale-{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}.json"
     sys.path.insert(0, str(REPO))
+    if args.mongo_shapes:
+        print(shapes_report(args))
+        return 0
     try:
         with (terminate_on_sigterm(), Deadline(args.time_limit),
               tempfile.TemporaryDirectory(prefix="llmgw-admin-bench-") as tmp):

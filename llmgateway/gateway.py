@@ -187,14 +187,11 @@ class Gateway:
                 totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
                 await shared.limiter.seed(totals)
                 await shared.client.set(EPOCH, str(time.time()))
-            revoked = await self.in_thread(self._revoked_hashes)
+            revoked = await self.in_thread(self.store.revoked_key_hashes)
             if revoked and await shared.drop_stale(revoked):
                 log.warning("reconciliation removed revoked keys from the shared cache")
         except RedisError as exc:
             shared.failed(exc)
-
-    def _revoked_hashes(self) -> list[str]:
-        return [k.hash for k in self.store.list_keys() if not k.active]
 
     async def revoke_key(self, key_id: str) -> KeyRecord | None:
         """Revoke in the store, then drop the key from every replica's cache (at once through Redis)."""

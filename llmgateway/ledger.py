@@ -4,6 +4,9 @@ A flush that fails writes the batch to a spool file (one JSON line per event, re
 place so a crash never leaves half a file) and a later flush replays the spool. Store inserts
 are idempotent by request id, so a replay after a partial failure never counts twice. If even
 the spool cannot be written, events stay in memory up to `max_buffer_events`.
+
+Any exception from the store counts as a failed write, not only StoreError: a backend that lets
+another type escape must cost a retry, never the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections import deque
 from pathlib import Path
 
 from .records import UsageEvent
-from .store import Store, StoreError
+from .store import Store
 
 log = logging.getLogger("llmgateway.ledger")
 
@@ -58,7 +61,7 @@ class UsageLedger:
                     self.store.insert_usage(taken)
                     written += len(taken)
                     self._recovered()
-                except StoreError as exc:
+                except Exception as exc:
                     self._failed(exc)
                     self._spool_or_keep(taken)
                     break
@@ -69,7 +72,7 @@ class UsageLedger:
             log.warning("usage store reachable again")
             self.failing = False
 
-    def _failed(self, exc: StoreError) -> None:
+    def _failed(self, exc: Exception) -> None:
         if not self.failing:
             log.warning("usage flush failed, spooling events to %s: %s", self.spool_dir, exc)
             self.failing = True
@@ -109,7 +112,7 @@ class UsageLedger:
                 continue
             try:
                 self.store.insert_usage(events)
-            except StoreError as exc:
+            except Exception as exc:
                 self._failed(exc)
                 return written
             self._recovered()

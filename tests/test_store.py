@@ -21,7 +21,7 @@ import pytest
 from llmgateway.keys import hash_key, make_record
 from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import Store, StoreError, open_store
-from llmgateway.store.mongo import MongoStore
+from llmgateway.store.mongo import INDEX_OPTIONS, MongoStore, declared_indexes
 from tests.backends import MONGO, Backend, open_backend
 from tests.conftest import wait_for
 
@@ -91,6 +91,16 @@ def test_list_and_revoke(store: Store) -> None:
     assert [r.name for r in store.list_keys(owner="a", active_only=True)] == ["3"]
     assert [r.name for r in store.list_keys(active_only=True)] == ["2", "3"]
     assert store.revoke_key("key_missing") is None
+
+
+def test_revoked_key_hashes_name_only_the_revoked_keys(store: Store) -> None:
+    records = [make_record("a", name)[1] for name in ("1", "2", "3")]
+    for r in records:
+        store.insert_key(r)
+    assert store.revoked_key_hashes() == []
+    store.revoke_key(records[0].id)
+    store.revoke_key(records[2].id)
+    assert sorted(store.revoked_key_hashes()) == sorted([records[0].hash, records[2].hash])
 
 
 def test_touch_keeps_the_latest_use(store: Store) -> None:
@@ -456,18 +466,16 @@ def test_locked_database_raises_store_error(tmp_path: Path) -> None:
 
 
 def test_mongo_indexes(mongo: MongoStore) -> None:
-    db = mongo.db
-    keys = {name: [list(i["key"]) for i in db[name].index_information().values()] for name in
-            ("api_keys", "usage_events", "usage_rollups", "claims")}
-    assert [("hash", 1)] in keys["api_keys"] and [("owner", 1), ("created", 1)] in keys["api_keys"]
-    for field in ("user", "key_id", "model"):
-        assert [(field, 1), ("ts", 1)] in keys["usage_events"]
-    assert [("ts", 1)] in keys["usage_events"]
-    assert [(f, 1) for f in ("bucket", "start", "user", "key_id", "model")] in keys["usage_rollups"]
-    info = {tuple(i["key"]): i for i in db.usage_rollups.index_information().values()}
-    assert info[("bucket", 1), ("start", 1), ("user", 1), ("key_id", 1), ("model", 1)]["unique"]
-    ttl = [i for i in db.claims.index_information().values() if "expireAfterSeconds" in i]
-    assert [list(i["key"]) for i in ttl] == [[("expires_at", 1)]]
+    """`init` makes exactly the indexes of the query table, with their options, and no superseded one."""
+    declared = declared_indexes()
+    for collection in mongo.db.list_collection_names():
+        found = {tuple(i["key"]): i for i in mongo.db[collection].index_information().values()}
+        assert set(found) == {(("_id", 1),), *declared.get(collection, [])}, collection
+        for keys, options in INDEX_OPTIONS.items():
+            if keys[0] == collection:
+                assert {name: found[keys[1]].get(name) for name in options} == options
+    assert INDEX_OPTIONS[("claims", (("expires_at", 1),))] == {"expireAfterSeconds": 3600}
+    assert INDEX_OPTIONS[("api_keys", (("hash", 1),))] == {"unique": True}
 
 
 def test_mongo_urls_and_timeouts() -> None:

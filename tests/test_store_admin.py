@@ -646,17 +646,3 @@ def test_mongo_keeps_no_owner_state_in_key_documents(mongo: MongoStore) -> None:
     assert "owner_disabled" not in mongo.db.api_keys.find_one({"_id": "key_d"})
     mongo.db.api_keys.update_one({"_id": "key_d"}, {"$set": {"owner_disabled": True}})
     assert mongo.get_key("key_d").owner_disabled is False
-
-
-def test_mongo_indexes_for_the_admin_pages(mongo: MongoStore) -> None:
-    def indexes(collection: str) -> dict[tuple, dict]:
-        return {tuple(i["key"]): i for i in mongo.db[collection].index_information().values()}
-
-    assert indexes("usage_daily_users")[(("start", 1), ("user", 1), ("model", 1))]["unique"]
-    assert indexes("usage_daily_models")[(("start", 1), ("model", 1))]["unique"]
-    assert indexes("admin_tokens")[(("hash", 1),)]["unique"]
-    assert (("created", -1), ("_id", 1)) in indexes("api_keys")
-    for field in ("user", "key_id"):
-        assert ((field, 1), ("ts", -1), ("_id", 1)) in indexes("usage_events")
-    for field in ("actor", "target", "action"):
-        assert ((field, 1), ("ts", 1)) in indexes("audit_log")

@@ -18,15 +18,17 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo.cursor import Cursor
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import AutoReconnect, BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent, UserRecord
 from .base import (
@@ -44,9 +46,43 @@ from .base import (
 )
 
 DEFAULT_DATABASE = "llmgateway"
-SERVER_SELECTION_TIMEOUT_MS = 5000
+# Client options the store sets unless the URL sets them (the URL wins, option by option):
+# - serverSelectionTimeoutMS: how long a call waits for a usable server (a primary to write to);
+#   the ledger's flush at shutdown must give up within the pod's grace period, so 5 s.
+# - connectTimeoutMS: a host that does not accept the connection is given up on quickly.
+# - socketTimeoutMS: a reply that never comes (a half-open connection after a node vanished)
+#   fails the call instead of blocking a store thread for ever; longer than any single reply.
+# - retryWrites / retryReads: said explicitly (they are the driver's defaults): one retry of a
+#   single-document write or a read after a failover or a network error.
+# - w=majority with wtimeoutMS: a write counts only once a majority holds it, so a failover
+#   cannot roll back usage the ledger believed written; a majority that does not answer within
+#   5 s is a failure (the ledger spools), not a wait.
+# When the URL sets timeoutMS (the driver's one operation timeout), the per-socket and
+# write-concern timeouts are left to it.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 5000,
+    "connectTimeoutMS": 5000,
+    "socketTimeoutMS": 30000,
+    "retryWrites": True,
+    "retryReads": True,
+    "w": "majority",
+    "wTimeoutMS": 5000,
+}
+LEFT_TO_TIMEOUT_MS = ("socketTimeoutMS", "wTimeoutMS")
+# `init` gives up on its index work after this long: createIndexes on a replica set with a member
+# down can wait for ever, and the pod's start-up probe allows about 60 s.
+INIT_TIMEOUT_SECONDS = 30
 DUPLICATE_KEY = 11000
+# Concurrent upserts of one new _id: one of them may lose with a duplicate-key error, and its retry
+# then finds the row and updates it.
+UPSERT_ATTEMPTS = 3
+# Writes of many documents go in commands of at most this many (every command stays far below
+# MongoDB's 16 MiB document limit whatever the range).
+WRITE_BATCH = 10_000
+# Offsets beyond this are read as a range from the offset's key (see `_seek`), not skipped.
+DEEP_OFFSET = 1_000
 # The claims TTL index is a backstop for a stopped purge job, so it waits this long past expiry.
+# Changing it needs no rebuild: `init` applies a new value with collMod.
 CLAIM_TTL_GRACE_SECONDS = 3600
 ROLLUP_KEY = ("bucket", "start", "user", "key_id", "model")
 USER_FIELDS = tuple(f.name for f in fields(UserRecord) if f.name != "username")
@@ -70,64 +106,185 @@ SUMS = {
     "cost": {"$sum": "$cost"},
     "estimated": {"$sum": {"$cond": ["$estimated", 1, 0]}},
 }
-NEWEST_KEYS = [("created", DESCENDING), ("_id", ASCENDING)]
-NEWEST_EVENTS = [("ts", DESCENDING), ("_id", ASCENDING)]
-NEWEST_AUDIT = [("ts", DESCENDING), ("_id", DESCENDING)]
-INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
-    "api_keys": [
-        ([("hash", ASCENDING)], {"unique": True}),
-        ([("owner", ASCENDING), ("created", ASCENDING)], {}),
-        (NEWEST_KEYS, {}),
-    ],
-    "usage_events": [
-        ([("ts", ASCENDING)], {}),
-        ([("user", ASCENDING), ("ts", ASCENDING)], {}),
-        ([("key_id", ASCENDING), ("ts", ASCENDING)], {}),
-        ([("model", ASCENDING), ("ts", ASCENDING)], {}),
-        # find_usage pages one person's or one key's events newest first: with the tie-breaker in
-        # the index, MongoDB reads just the page instead of sorting every match.
-        ([("user", ASCENDING), *NEWEST_EVENTS], {}),
-        ([("key_id", ASCENDING), *NEWEST_EVENTS], {}),
-    ],
-    "usage_rollups": [
-        ([(name, ASCENDING) for name in ROLLUP_KEY], {"unique": True}),
-        ([("bucket", ASCENDING), ("key_id", ASCENDING), ("start", ASCENDING)], {}),
-        ([("bucket", ASCENDING), ("user", ASCENDING), ("start", ASCENDING)], {}),
-    ],
-    "usage_daily_users": [
-        ([(name, ASCENDING) for name in DAILY_USER_KEY], {"unique": True}),
-        ([("user", ASCENDING), ("start", ASCENDING)], {}),
-    ],
-    "usage_daily_models": [([(name, ASCENDING) for name in DAILY_MODEL_KEY], {"unique": True})],
-    "admin_tokens": [([("hash", ASCENDING)], {"unique": True}), ([("created", DESCENDING)], {})],
-    "audit_log": [
-        ([("ts", ASCENDING), ("_id", ASCENDING)], {}),
-        ([("actor", ASCENDING), ("ts", ASCENDING)], {}),
-        ([("target", ASCENDING), ("ts", ASCENDING)], {}),
-        ([("action", ASCENDING), ("ts", ASCENDING)], {}),
-    ],
-    "claims": [
-        ([("expires", ASCENDING)], {}),
-        ([("expires_at", ASCENDING)], {"expireAfterSeconds": CLAIM_TTL_GRACE_SECONDS}),
-    ],
+
+Index = tuple[tuple[str, int], ...]
+ID: Index = (("_id", ASCENDING),)
+NEWEST_KEYS: Index = (("created", DESCENDING), ("_id", ASCENDING))
+OLDEST_KEYS: Index = (("created", ASCENDING), ("_id", ASCENDING))
+NEWEST_EVENTS: Index = (("ts", DESCENDING), ("_id", ASCENDING))
+OLDEST_EVENTS: Index = (("ts", ASCENDING), ("_id", ASCENDING))
+NEWEST_AUDIT: Index = (("ts", DESCENDING), ("_id", DESCENDING))
+ROLLUP_ORDER: Index = tuple((name, ASCENDING) for name in ROLLUP_KEY[1:])
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A query the store runs: its collection, the index it is hinted to, its order, and why that index.
+
+    `reads_documents` names the filter fields the index cannot hold, tested on fetched documents
+    by choice (say why in `why`); every other filter field is bounded by the index or tested on its keys.
+    """
+
+    collection: str
+    index: Index
+    why: str
+    sort: Index = ()
+    reads_documents: tuple[str, ...] = ()
+
+
+# Every query the store runs, by name, with the index that serves it. `init` creates exactly these
+# indexes (with INDEX_OPTIONS), reads are hinted to them, and tests/test_store_mongo_faults.py
+# fails for a query the store runs that no index here serves. The README's query table is this one.
+QUERIES: dict[str, Shape] = {
+    "keys.by_id": Shape("api_keys", ID, "equality on _id: one key (get, revoke, update, touch)"),
+    "keys.by_hash": Shape("api_keys", (("hash", ASCENDING),), "equality on the unique hash: every API call's key"),
+    "keys.of_owner": Shape(
+        "api_keys", (("owner", ASCENDING), *OLDEST_KEYS), "owner equality, then the index's order: a person's "
+        "keys, oldest first, no sort stage (active_only is checked on those few documents)", OLDEST_KEYS),
+    "keys.all": Shape("api_keys", OLDEST_KEYS, "every key, oldest first, in index order (the CLI's listing)",
+                      OLDEST_KEYS),
+    "keys.revoked": Shape(
+        "api_keys", (("active", ASCENDING), ("hash", ASCENDING)), "reconciliation: active=false bounds the scan "
+        "to revoked keys and the hash is in the index, so no document is read (covered)"),
+    "keys.page": Shape(
+        "api_keys", (*NEWEST_KEYS, ("active", ASCENDING), ("expires", ASCENDING), ("name", ASCENDING),
+                     ("prefix", ASCENDING)),
+        "the admin key list without an owner: walks newest first and stops at the page; status and "
+        "search are tested on the index keys (every field they read is in the index), so counts and "
+        "deep pages read no document; `model` alone reads documents (an array would make the index "
+        "multikey, which cannot cover a query)", NEWEST_KEYS, ("models",)),
+    "keys.page_of_owner": Shape(
+        "api_keys", (("owner", ASCENDING), *NEWEST_KEYS), "one person's keys newest first: owner equality, "
+        "then the index's order", NEWEST_KEYS),
+    "users.by_id": Shape("users", ID, "equality on _id (username); list_users walks it in order", ID),
+    "users.page": Shape(
+        "users", (("_id", ASCENDING), ("display_name", ASCENDING), ("email", ASCENDING), ("is_admin", ASCENDING),
+                  ("admin_granted", ASCENDING), ("disabled", ASCENDING)),
+        "the admin user list by username: search, role and status are tested on the index keys, so a "
+        "search reads only the (narrow) index, and documents only for the page", ID),
+    "events.by_ts": Shape(
+        "usage_events", OLDEST_EVENTS, "a ts range without user, key or model: rollup rebuilds, reports' "
+        "live part, usage_events() in order, retention's delete", OLDEST_EVENTS),
+    "events.newest": Shape("usage_events", NEWEST_EVENTS, "the admin event list without user or key, newest "
+                           "first, stops at the page", NEWEST_EVENTS),
+    "events.of_user": Shape(
+        "usage_events", (("user", ASCENDING), *NEWEST_EVENTS), "user equality then ts: one person's events "
+        "newest first (page), or a ts range of them (sums)", NEWEST_EVENTS),
+    "events.of_key": Shape(
+        "usage_events", (("key_id", ASCENDING), *NEWEST_EVENTS), "key equality then ts: one key's events "
+        "(a user filter as well is checked on those documents: a key has one owner)", NEWEST_EVENTS),
+    "events.of_model": Shape("usage_events", (("model", ASCENDING), ("ts", ASCENDING)),
+                             "model equality then a ts range: sums of one model"),
+    "rollups.by_start": Shape(
+        "usage_rollups", tuple((name, ASCENDING) for name in ROLLUP_KEY), "the unique row key: bucket "
+        "equality then a start range, in the rows' order; rebuilds upsert by _id and delete by it", ROLLUP_ORDER),
+    "rollups.of_key": Shape(
+        "usage_rollups", (("bucket", ASCENDING), ("key_id", ASCENDING), ("start", ASCENDING), ("user", ASCENDING),
+                          ("model", ASCENDING)),
+        "bucket and key equality, then start: one key's rows in order", ROLLUP_ORDER),
+    "rollups.of_user": Shape(
+        "usage_rollups", (("bucket", ASCENDING), ("user", ASCENDING), ("start", ASCENDING), ("key_id", ASCENDING),
+                          ("model", ASCENDING)),
+        "bucket and user equality, then start: one person's rows in order", ROLLUP_ORDER),
+    "daily_users.by_start": Shape(
+        "usage_daily_users", tuple((name, ASCENDING) for name in DAILY_USER_KEY),
+        "the unique row key: a start range (reports by user, rebuilds)"),
+    "daily_users.of_user": Shape("usage_daily_users", (("user", ASCENDING), ("start", ASCENDING)),
+                                 "user equality then a start range: one person's report"),
+    "daily_models.by_start": Shape("usage_daily_models", tuple((name, ASCENDING) for name in DAILY_MODEL_KEY),
+                                   "the unique row key: a start range (reports by day or model)"),
+    "tokens.by_id": Shape("admin_tokens", ID, "equality on _id"),
+    "tokens.by_hash": Shape("admin_tokens", (("hash", ASCENDING),), "equality on the unique hash"),
+    "tokens.newest": Shape("admin_tokens", NEWEST_KEYS, "every token newest first, in index order", NEWEST_KEYS),
+    "audit.page": Shape(
+        "audit_log", (("ts", ASCENDING), ("_id", ASCENDING), ("action", ASCENDING), ("via", ASCENDING)),
+        "the audit list without actor or target: walked backwards (newest first), stops at the page; "
+        "the action prefix and `via` are tested on the index keys", NEWEST_AUDIT),
+    "audit.of_actor": Shape("audit_log", (("actor", ASCENDING), ("ts", ASCENDING), ("_id", ASCENDING)),
+                            "actor equality, then the list's order backwards", NEWEST_AUDIT),
+    "audit.of_target": Shape("audit_log", (("target", ASCENDING), ("ts", ASCENDING), ("_id", ASCENDING)),
+                             "target equality, then the list's order backwards", NEWEST_AUDIT),
+    "models.by_id": Shape("models", ID, "equality on _id; the catalog walks it in order", ID),
+    "leases.by_id": Shape("leases", ID, "equality on _id (the lease's name)"),
+    "claims.by_id": Shape("claims", ID, "equality on _id (namespace and item)"),
+    "claims.expired": Shape("claims", (("expires", ASCENDING),), "purge: a range on expires"),
+    "claims.ttl": Shape("claims", (("expires_at", ASCENDING),), "the server's TTL monitor (a backstop to purge)"),
 }
+INDEX_OPTIONS: dict[tuple[str, Index], dict[str, Any]] = {
+    ("api_keys", QUERIES["keys.by_hash"].index): {"unique": True},
+    ("usage_rollups", QUERIES["rollups.by_start"].index): {"unique": True},
+    ("usage_daily_users", QUERIES["daily_users.by_start"].index): {"unique": True},
+    ("usage_daily_models", QUERIES["daily_models.by_start"].index): {"unique": True},
+    ("admin_tokens", QUERIES["tokens.by_hash"].index): {"unique": True},
+    ("claims", QUERIES["claims.ttl"].index): {"expireAfterSeconds": CLAIM_TTL_GRACE_SECONDS},
+}
+# Indexes of earlier releases that a wider one above now serves; `init` drops them, since each
+# costs every write and no query uses it.
+SUPERSEDED: dict[str, tuple[Index, ...]] = {
+    "api_keys": ((("owner", ASCENDING), ("created", ASCENDING)), NEWEST_KEYS),
+    "usage_events": ((("ts", ASCENDING),), (("user", ASCENDING), ("ts", ASCENDING)),
+                     (("key_id", ASCENDING), ("ts", ASCENDING))),
+    "usage_rollups": ((("bucket", ASCENDING), ("key_id", ASCENDING), ("start", ASCENDING)),
+                      (("bucket", ASCENDING), ("user", ASCENDING), ("start", ASCENDING))),
+    "admin_tokens": ((("created", DESCENDING),),),
+    "audit_log": (OLDEST_EVENTS, (("actor", ASCENDING), ("ts", ASCENDING)), (("target", ASCENDING), ("ts", ASCENDING)),
+                  (("action", ASCENDING), ("ts", ASCENDING))),
+}
+
+
+def declared_indexes() -> dict[str, list[Index]]:
+    """The secondary indexes `init` creates, per collection: those of QUERIES (the _id index always exists)."""
+    found: dict[str, list[Index]] = {}
+    for shape in QUERIES.values():
+        wanted = found.setdefault(shape.collection, [])
+        if shape.index != ID and shape.index not in wanted:
+            wanted.append(shape.index)
+    return found
+
+
+# A call failed for a reason another try may not meet: a failover, a lost connection.
+TRANSIENT = (AutoReconnect,)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class ChangeRefused(ValueError):
+    """An admin change names a field that may not change (the contract's ValueError)."""
+
+
 def _mapped(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn any pymongo failure of `method` into a StoreError whose message carries no credentials."""
+    """Turn any failure of `method` into a StoreError whose message carries no credentials.
+
+    Not only pymongo's errors: bson raises InvalidDocument (a document over 16 MiB) and
+    OverflowError (an integer past 64 bits) outside PyMongoError, and a caller such as the usage
+    ledger must see every failure as the store's. A refused change stays a ValueError.
+    """
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except PyMongoError as exc:
+        except (StoreError, ChangeRefused):
+            raise
+        except Exception as exc:
             store: MongoStore = args[0]  # type: ignore[assignment]
             raise store.error(exc) from None
 
     return call
+
+
+def _retry_once(call: Callable[[], R]) -> R:
+    """Run an idempotent write that the driver does not retry itself (a multi-document delete),
+    again once after a transient failure."""
+    try:
+        return call()
+    except TRANSIENT:
+        return call()
+    except PyMongoError as exc:
+        if not exc.has_error_label("RetryableWriteError"):
+            raise
+        return call()
 
 
 class MongoStore:
@@ -148,40 +305,138 @@ class MongoStore:
         self.where = f"{hosts}/{name}"
         self._owns_client = client is None
         if client is None:
-            extra = {"serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS}
-            if "serverselectiontimeoutms" in {option.lower() for option in parse_qs(parts.query)}:
-                extra = {}
             try:
-                client = MongoClient(url, **extra)
-            except (PyMongoError, ValueError) as exc:
+                client = MongoClient(url, **client_options(parts.query))
+            except Exception as exc:
                 raise self.error(exc) from None
         self.client = client
         self.db: Database = client[name]
 
-    def error(self, exc: Exception) -> StoreError:
+    def error(self, exc: BaseException) -> StoreError:
         """A StoreError for `exc`, with anything from the URL's user-info part blotted out."""
         message = str(exc)
         for secret in self._secrets:
             message = message.replace(secret, "***")
         return StoreError(f"MongoDB store {self.where}: {type(exc).__name__}: {message}")
 
+    def _find(self, shape: str, query: dict[str, Any], projection: dict[str, Any] | None = None) -> Cursor:
+        """A cursor for the query shape `shape`, hinted to its index and in its order."""
+        found = QUERIES[shape]
+        cursor = self.db[found.collection].find(query, projection).hint(list(found.index))
+        return cursor.sort(list(found.sort)) if found.sort else cursor
+
+    def _one(self, shape: str, query: dict[str, Any], projection: dict[str, Any] | None = None,
+             skip: int = 0) -> dict[str, Any] | None:
+        """The first document of the shape's order that matches (after `skip` of them), or None."""
+        return next(iter(self._find(shape, query, projection).skip(skip).limit(1)), None)
+
+    def _count(self, shape: str, query: dict[str, Any]) -> int:
+        """How many documents match: the collection's metadata count when nothing filters (no scan at all),
+        else a count hinted to the shape's index."""
+        found = QUERIES[shape]
+        collection = self.db[found.collection]
+        if not query:
+            return collection.estimated_document_count()
+        return collection.count_documents(query, hint=list(found.index))
+
+    def _aggregate(self, shape: str, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run `pipeline` (its first stage a $match of the shape) hinted to the shape's index."""
+        found = QUERIES[shape]
+        return list(self.db[found.collection].aggregate(pipeline, hint=list(found.index), allowDiskUse=True))
+
+    def _page(self, shape: str, query: dict[str, Any], offset: int,
+              limit: int | None) -> tuple[list[dict[str, Any]], int]:
+        """One page of the shape's order, and how many match in all.
+
+        A deep offset becomes a range (`_seek`). The count is left out when the page itself tells it
+        (a short page ends the list), so a rare search walks the index once, not twice.
+        """
+        if limit is not None and limit <= 0:
+            return [], self._count(shape, query)
+        offset = max(offset, 0)
+        ranged, skip = (query, offset) if offset <= DEEP_OFFSET else self._seek(shape, query, offset)
+        page: list[dict[str, Any]] = []
+        if ranged is not None:
+            cursor = self._find(shape, ranged).skip(skip)
+            page = list(cursor.limit(limit) if limit is not None else cursor)
+        if (page or offset == 0) and (limit is None or len(page) < limit):
+            return page, offset + len(page)
+        return page, self._count(shape, query)
+
+    def _seek(self, shape: str, query: dict[str, Any], offset: int) -> tuple[dict[str, Any] | None, int]:
+        """The query from the `offset`-th entry of the shape's order on, and how many entries to skip there.
+
+        The entry is found by skipping over index keys alone (the projection holds only the sort
+        fields, which the index holds: a covered read, no document fetched); the page is then a
+        range read from its sort key. Entries tied with it on the first sort field that come before
+        it are counted (a range count) and skipped. None if the offset is past the end.
+        """
+        order = QUERIES[shape].sort
+        projection = {name: True for name, _ in order} | ({} if order[0][0] == "_id" or order[-1][0] == "_id"
+                                                           else {"_id": False})
+        boundary = self._one(shape, query, projection, offset)
+        if boundary is None:
+            return None, 0
+        (first, direction), rest = order[0], order[1:]
+        ranged = _all_of([query, {first: {"$lte" if direction < 0 else "$gte": boundary[first]}}])
+        if not rest:
+            return ranged, 0
+        (second, then), = rest
+        before = {first: boundary[first], second: {"$lt" if then > 0 else "$gt": boundary[second]}}
+        return ranged, self._count(shape, _all_of([query, before]))
+
     @_mapped
     def init(self) -> None:
-        for collection, indexes in INDEXES.items():
-            for keys, options in indexes:
-                self.db[collection].create_index(keys, **options)
-        if self.db.usage_daily_users.find_one({}, {"_id": True}) is None:
+        self._ensure_indexes()
+        if self._one("daily_users.by_start", {}, {"_id": True}) is None:
             # A store written before the per-user daily rollups existed: derive them from the per-key
             # ones, a month of days at a time.
             days = sorted(self.db.usage_rollups.distinct("start", {"bucket": "day"}))
             for i in range(0, len(days), BACKFILL_DAYS):
                 self._rebuild_daily_users(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
-        if self.db.usage_daily_models.find_one({}, {"_id": True}) is None:
+        if self._one("daily_models.by_start", {}, {"_id": True}) is None:
             # A store written before the per-model daily rollups existed: derive them from the per-user
             # ones, a month of days at a time.
             days = sorted(self.db.usage_daily_users.distinct("start"))
             for i in range(0, len(days), BACKFILL_DAYS):
                 self._rebuild_daily_models(days[i], days[min(i + BACKFILL_DAYS, len(days)) - 1] + BUCKETS["day"])
+
+    def _ensure_indexes(self) -> None:
+        """Create the missing indexes, apply a changed TTL, drop superseded indexes: within INIT_TIMEOUT_SECONDS.
+
+        Only missing indexes are created, so a start with every index in place sends no createIndexes
+        (which on a replica set with a member down can wait for ever); and the whole is bounded by
+        the driver's operation timeout, so such a wait ends the start with a message that says so.
+        """
+        try:
+            with pymongo.timeout(INIT_TIMEOUT_SECONDS):
+                for collection, indexes in declared_indexes().items():
+                    self._ensure_collection_indexes(collection, indexes)
+        except PyMongoError as exc:
+            if not exc.timeout:
+                raise
+            cause = self.error(exc).args[0].removeprefix(f"MongoDB store {self.where}: ")
+            raise StoreError(
+                f"MongoDB store {self.where}: creating or checking indexes did not finish within "
+                f"{INIT_TIMEOUT_SECONDS} s (is a replica-set member down, or an index build still running?): {cause}"
+            ) from None
+
+    def _ensure_collection_indexes(self, collection: str, indexes: list[Index]) -> None:
+        """One collection's part of `_ensure_indexes`."""
+        existing = {_index_key(info["key"]): info for info in self.db[collection].index_information().values()}
+        for keys in indexes:
+            options = INDEX_OPTIONS.get((collection, keys), {})
+            found = existing.get(keys)
+            if found is None:
+                self.db[collection].create_index(list(keys), **options)
+            elif "expireAfterSeconds" in options and found.get("expireAfterSeconds") != options["expireAfterSeconds"]:
+                # createIndexes refuses changed options on an existing index (IndexOptionsConflict);
+                # collMod changes a TTL in place.
+                self.db.command({"collMod": collection, "index": {"keyPattern": dict(keys),
+                                                                  "expireAfterSeconds": options["expireAfterSeconds"]}})
+        for keys in SUPERSEDED.get(collection, ()):
+            if keys in existing:
+                self.db[collection].drop_index(list(keys))
 
     @_mapped
     def ping(self) -> None:
@@ -200,7 +455,7 @@ class MongoStore:
 
     @_mapped
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return _key(self.db.api_keys.find_one({"hash": key_hash}))
+        return _key(self._one("keys.by_hash", {"hash": key_hash}))
 
     @_mapped
     def list_keys(self, owner: str | None = None, active_only: bool = False) -> list[KeyRecord]:
@@ -209,7 +464,11 @@ class MongoStore:
             query["owner"] = owner
         if active_only:
             query["active"] = True
-        return [_key(d) for d in self.db.api_keys.find(query).sort([("created", ASCENDING), ("_id", ASCENDING)])]
+        return [_key(d) for d in self._find("keys.all" if owner is None else "keys.of_owner", query)]
+
+    @_mapped
+    def revoked_key_hashes(self) -> list[str]:
+        return [d["hash"] for d in self._find("keys.revoked", {"active": False}, {"hash": True, "_id": False})]
 
     @_mapped
     def revoke_key(self, key_id: str) -> KeyRecord | None:
@@ -242,6 +501,11 @@ class MongoStore:
 
     @_mapped
     def insert_usage(self, events: list[UsageEvent]) -> int:
+        """Insert the events; a request id already stored is a replay, not a failure.
+
+        A write-concern error fails the call even when every document went in: the majority may not
+        hold them, so the ledger keeps the batch and replays it (idempotent by request id).
+        """
         if not events:
             return 0
         documents = []
@@ -252,23 +516,23 @@ class MongoStore:
         try:
             return len(self.db.usage_events.insert_many(documents, ordered=False).inserted_ids)
         except BulkWriteError as exc:
-            if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
+            if not _only_duplicates(exc):
                 raise
             return exc.details["nInserted"]
 
     @_mapped
     def count_usage(self) -> int:
-        return self.db.usage_events.count_documents({})
+        """The collection's metadata count: no scan (exact but after an unclean shutdown, until the next validate)."""
+        return self.db.usage_events.estimated_document_count()
 
     @_mapped
     def usage_events(self, since: float = 0.0, until: float | None = None) -> list[UsageEvent]:
-        found = self.db.usage_events.find(_match("ts", since, until)).sort([("ts", ASCENDING), ("_id", ASCENDING)])
-        return [_event(d) for d in found]
+        return [_event(d) for d in self._find("events.by_ts", _match("ts", since, until))]
 
     def _sums(self, match: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
         """Group the matching events by `group` (a dict of expressions); one flat dict of keys and sums each."""
         pipeline = [{"$match": match}, {"$group": {"_id": group, **SUMS}}]
-        return [{**row.pop("_id"), **row} for row in self.db.usage_events.aggregate(pipeline)]
+        return [{**row.pop("_id"), **row} for row in self._aggregate(_events_shape(match), pipeline)]
 
     @_mapped
     def usage_summary(
@@ -302,7 +566,7 @@ class MongoStore:
 
     @_mapped
     def delete_usage_before(self, ts: float) -> int:
-        return self.db.usage_events.delete_many({"ts": {"$lt": ts}}).deleted_count
+        return _retry_once(lambda: self.db.usage_events.delete_many({"ts": {"$lt": ts}})).deleted_count
 
     @_mapped
     def rollup_usage(self, bucket: str, start: float, end: float) -> int:
@@ -329,34 +593,48 @@ class MongoStore:
     def _rebuild_daily_users(self, start: float, end: float) -> None:
         """The per-user daily rows starting in [start, end), from the per-key day rows (fewer to read
         than the raw events)."""
-        self._resum(self.db.usage_daily_users, DAILY_USER_KEY, self.db.usage_rollups, {"bucket": "day"}, start, end)
+        self._resum("daily_users.by_start", DAILY_USER_KEY, "rollups.by_start", {"bucket": "day"}, start, end)
 
     def _rebuild_daily_models(self, start: float, end: float) -> None:
         """The per-model daily rows starting in [start, end), from the per-user daily rows (rebuild those first)."""
-        self._resum(self.db.usage_daily_models, DAILY_MODEL_KEY, self.db.usage_daily_users, {}, start, end)
+        self._resum("daily_models.by_start", DAILY_MODEL_KEY, "daily_users.by_start", {}, start, end)
 
-    def _resum(self, target: Any, key: tuple[str, ...], source: Any, scope: dict[str, Any], start: float,
+    def _resum(self, target: str, key: tuple[str, ...], source: str, scope: dict[str, Any], start: float,
                end: float) -> None:
-        """Replace `target`'s rows starting in [start, end) with `source`'s sums per `key` fields."""
+        """Replace the rows of shape `target` starting in [start, end) with the sums per `key` fields
+        of the rows of shape `source`."""
         pipeline = [
             {"$match": {**scope, "start": {"$gte": start, "$lt": end}}},
             {"$group": {"_id": {name: f"${name}" for name in key}, **ROLLUP_SUMS}},
         ]
         rows = []
-        for row in source.aggregate(pipeline, allowDiskUse=True):
+        for row in self._aggregate(source, pipeline):
             row.update(row.pop("_id"))
             row["_id"] = json.dumps([row[name] for name in key])
             rows.append(row)
-        self._replace_range(target, {}, start, end, rows)
+        self._replace_range(self.db[QUERIES[target].collection], {}, start, end, rows)
 
     @staticmethod
     def _replace_range(collection: Any, scope: dict[str, Any], start: float, end: float,
                        rows: list[dict[str, Any]]) -> None:
-        """Upsert `rows` (with their natural `_id`), then drop the other rows of `scope` starting in [start, end)."""
-        if rows:
-            collection.bulk_write([ReplaceOne({"_id": r["_id"]}, r, upsert=True) for r in rows], ordered=False)
-        stale = {**scope, "start": {"$gte": start, "$lt": end}, "_id": {"$nin": [r["_id"] for r in rows]}}
-        collection.delete_many(stale)
+        """Upsert `rows` (with their natural `_id`), then drop the other rows of `scope` starting in [start, end).
+
+        Each upserted row carries this rebuild's `generation` (a time; `$max`, so a row only ever
+        gains a later one), and the rows left with an earlier generation (or none) are the stale
+        ones. Every command has a bounded size however many rows the range holds: the upserts go in
+        batches of WRITE_BATCH and the delete names no row. A rebuild running at once on another
+        replica writes a later or equal generation, which this delete keeps.
+        """
+        generation = time.time()
+        updates = [
+            UpdateOne({"_id": row["_id"]}, {"$set": {k: v for k, v in row.items() if k != "_id"},
+                                            "$max": {"generation": generation}}, upsert=True)
+            for row in rows
+        ]
+        for i in range(0, len(updates), WRITE_BATCH):
+            _upsert(collection, updates[i:i + WRITE_BATCH])
+        stale = {**scope, "start": {"$gte": start, "$lt": end}, "generation": {"$not": {"$gte": generation}}}
+        _retry_once(lambda: collection.delete_many(stale))
 
     @_mapped
     def usage_rollups(
@@ -369,9 +647,8 @@ class MongoStore:
         model: str | None = None,
     ) -> list[RollupRow]:
         _bucket_size(bucket)
-        found = self.db.usage_rollups.find(
-            {"bucket": bucket, **_match("start", since, until, user, key_id, model)}, {"_id": False}
-        ).sort([(name, ASCENDING) for name in ROLLUP_KEY[1:]])
+        query = {"bucket": bucket, **_match("start", since, until, user, key_id, model)}
+        found = self._find(_rollups_shape(user, key_id), query, {"_id": False, "generation": False})
         return [RollupRow(**d) for d in found]
 
     @_mapped
@@ -405,11 +682,11 @@ class MongoStore:
     @_mapped
     def is_claimed(self, namespace: str, item_id: str) -> bool:
         live = {"_id": _claim_id(namespace, item_id), "expires": {"$gt": time.time()}}
-        return self.db.claims.find_one(live, {"_id": True}) is not None
+        return self._one("claims.by_id", live, {"_id": True}) is not None
 
     @_mapped
     def purge_claims(self, now: float) -> int:
-        return self.db.claims.delete_many({"expires": {"$lte": now}}).deleted_count
+        return _retry_once(lambda: self.db.claims.delete_many({"expires": {"$lte": now}})).deleted_count
 
     def _ensure_user(self, username: str, values: dict[str, Any], new_user: UserRecord | None = None) -> dict[str, Any]:
         """Set `values` on the user, creating the user first if missing (as `new_user`, or with defaults);
@@ -433,12 +710,12 @@ class MongoStore:
 
     @_mapped
     def get_user(self, username: str) -> UserRecord | None:
-        document = self.db.users.find_one({"_id": username})
+        document = self._one("users.by_id", {"_id": username})
         return _user(document) if document else None
 
     @_mapped
     def list_users(self) -> list[UserRecord]:
-        return [_user(d) for d in self.db.users.find().sort("_id", ASCENDING)]
+        return [_user(d) for d in self._find("users.by_id", {})]
 
     @_mapped
     def set_agreement(self, username: str, version: str) -> None:
@@ -461,9 +738,8 @@ class MongoStore:
             terms.append({"is_admin": {"$ne": True}, "admin_granted": {"$ne": True}})
         if disabled is not None:
             terms.append({"disabled": True} if disabled else {"disabled": {"$ne": True}})
-        query = _all_of(terms)
-        found = _page(self.db.users.find(query).sort("_id", ASCENDING), offset, limit)
-        return [_user(d) for d in found], self.db.users.count_documents(query)
+        found, total = self._page("users.page", _all_of(terms), offset, limit)
+        return [_user(d) for d in found], total
 
     @_mapped
     def update_user(self, username: str, changes: dict[str, Any]) -> UserRecord | None:
@@ -474,7 +750,7 @@ class MongoStore:
 
     @_mapped
     def get_key(self, key_id: str) -> KeyRecord | None:
-        return _key(self.db.api_keys.find_one({"_id": key_id}))
+        return _key(self._one("keys.by_id", {"_id": key_id}))
 
     @_mapped
     def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
@@ -495,9 +771,9 @@ class MongoStore:
             }[status])
         if search:
             terms.append(_search(search, ("name", "_id", "prefix")))
-        query = _all_of(terms)
-        found = _page(self.db.api_keys.find(query).sort(NEWEST_KEYS), offset, limit)
-        return [_key(d) for d in found], self.db.api_keys.count_documents(query)
+        shape = "keys.page" if owner is None else "keys.page_of_owner"
+        found, total = self._page(shape, _all_of(terms), offset, limit)
+        return [_key(d) for d in found], total
 
     @_mapped
     def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
@@ -505,11 +781,11 @@ class MongoStore:
 
     @_mapped
     def list_models(self) -> list[ModelRecord]:
-        return [_model(d) for d in self.db.models.find().sort("_id", ASCENDING)]
+        return [_model(d) for d in self._find("models.by_id", {})]
 
     @_mapped
     def get_model(self, model_id: str) -> ModelRecord | None:
-        document = self.db.models.find_one({"_id": model_id})
+        document = self._one("models.by_id", {"_id": model_id})
         return _model(document) if document else None
 
     @_mapped
@@ -539,11 +815,11 @@ class MongoStore:
 
     @_mapped
     def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
-        return _token(self.db.admin_tokens.find_one({"hash": token_hash}))
+        return _token(self._one("tokens.by_hash", {"hash": token_hash}))
 
     @_mapped
     def list_admin_tokens(self) -> list[AdminToken]:
-        return [_token(d) for d in self.db.admin_tokens.find().sort(NEWEST_KEYS)]
+        return [_token(d) for d in self._find("tokens.newest", {})]
 
     @_mapped
     def revoke_admin_token(self, token_id: str) -> AdminToken | None:
@@ -570,14 +846,15 @@ class MongoStore:
     def find_audit(self, actor: str | None = None, action: str | None = None, target: str | None = None,
                    via: str | None = None, since: float = 0.0, until: float | None = None, offset: int = 0,
                    limit: int = 50) -> tuple[list[AuditEntry], int]:
-        query = _match("ts", since, until)
+        query = _span("ts", since, until)
         for name, value in (("actor", actor), ("target", target), ("via", via)):
             if value is not None:
                 query[name] = value
         if action:
             query["action"] = {"$regex": "^" + re.escape(action)}
-        found = _page(self.db.audit_log.find(query).sort(NEWEST_AUDIT), offset, limit)
-        return [_audit(d) for d in found], self.db.audit_log.count_documents(query)
+        shape = "audit.of_actor" if actor is not None else "audit.of_target" if target is not None else "audit.page"
+        found, total = self._page(shape, query, offset, limit)
+        return [_audit(d) for d in found], total
 
     @_mapped
     def usage_report(self, group_by: str, since: float, live_since: float, until: float | None = None,
@@ -604,23 +881,23 @@ class MongoStore:
             live = {row.pop("group"): row for row in self._sums(_match("ts", split, until, user, key_id, model),
                                                                 {"group": expr})}
         rolled = _match("start", since, split, user, key_id, model)
-        rollups = self.db.usage_rollups
         # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do;
         # by day or model without a person either, the per-model rows (a few per day) do.
         if group_by == "key" or key_id is not None:
             rolled["bucket"] = "day"
+            shape = _rollups_shape(user, key_id)
         elif group_by in ("day", "model") and user is None:
-            rollups = self.db.usage_daily_models
+            shape = "daily_models.by_start"
         else:
-            rollups = self.db.usage_daily_users
+            shape = "daily_users.of_user" if user is not None else "daily_users.by_start"
         group = {"$group": {"_id": f"${field}", **ROLLUP_SUMS}}
         known = list(live)
         both: dict[Any, dict[str, Any]] = {}
         if known:
             pipeline = [{"$match": {"$and": [rolled, {field: {"$in": known}}]}}, group]
-            both = {row.pop("_id"): row for row in rollups.aggregate(pipeline)}
+            both = {row.pop("_id"): row for row in self._aggregate(shape, pipeline)}
         everything = [{"$match": rolled}, group, {"$group": {"_id": None, "groups": {"$sum": 1}, **ROLLUP_SUMS}}]
-        rolled_up = list(rollups.aggregate(everything))
+        rolled_up = self._aggregate(shape, everything)
         count = sum(row["groups"] for row in rolled_up) + sum(1 for g in live if g not in both)
         totals = UsageTotals(**_total(*rolled_up, *live.values()))
         if limit is not None and limit <= 0:
@@ -636,7 +913,7 @@ class MongoStore:
             pipeline.append({"$skip": first})
         if limit is not None:
             pipeline.append({"$limit": offset + limit - first})
-        rest = [UsageRow(group=row["_id"], **_total(row)) for row in rollups.aggregate(pipeline, allowDiskUse=True)]
+        rest = [UsageRow(group=row["_id"], **_total(row)) for row in self._aggregate(shape, pipeline)]
         key = _report_order(order)
         merged = sorted((UsageRow(group=g, **_total(sums, both.get(g, {}))) for g, sums in live.items()), key=key)
         page = [
@@ -651,9 +928,13 @@ class MongoStore:
     @_mapped
     def find_usage(self, user: str | None = None, key_id: str | None = None, since: float = 0.0,
                    until: float | None = None, offset: int = 0, limit: int = 50) -> tuple[list[UsageEvent], int]:
-        query = _match("ts", since, until, user, key_id)
-        found = _page(self.db.usage_events.find(query).sort(NEWEST_EVENTS), offset, limit)
-        return [_event(d) for d in found], self.db.usage_events.count_documents(query)
+        query = _span("ts", since, until)
+        for name, value in (("user", user), ("key_id", key_id)):
+            if value is not None:
+                query[name] = value
+        shape = "events.of_key" if key_id is not None else "events.of_user" if user is not None else "events.newest"
+        found, total = self._page(shape, query, offset, limit)
+        return [_event(d) for d in found], total
 
 
 def _match(
@@ -669,6 +950,57 @@ def _match(
         if value is not None:
             query[name] = value
     return query
+
+
+def _span(column: str, since: float, until: float | None) -> dict[str, Any]:
+    """As `_match` without filters, but empty for the whole time line, so an unfiltered list counts from metadata."""
+    return _match(column, since, until) if since > 0 or until is not None else {}
+
+
+def _events_shape(match: dict[str, Any]) -> str:
+    """The query shape of an events `$match`: by its most selective equality (a key, a person, a model)."""
+    for field, shape in (("key_id", "events.of_key"), ("user", "events.of_user"), ("model", "events.of_model")):
+        if field in match:
+            return shape
+    return "events.by_ts"
+
+
+def _rollups_shape(user: str | None, key_id: str | None) -> str:
+    """The query shape of per-key rollup rows: by key, else by person, else by start alone."""
+    return "rollups.of_key" if key_id is not None else "rollups.of_user" if user is not None else "rollups.by_start"
+
+
+def client_options(query: str) -> dict[str, Any]:
+    """CLIENT_OPTIONS less those the URL's query string sets (matched without regard to case, as the driver does)."""
+    given = {option.lower() for option in parse_qs(query)}
+    left = [n for n in CLIENT_OPTIONS if n.lower() not in given]
+    if "timeoutms" in given:
+        left = [n for n in left if n not in LEFT_TO_TIMEOUT_MS]
+    return {name: CLIENT_OPTIONS[name] for name in left}
+
+
+def _index_key(key: Any) -> Index:
+    """An index's key as listIndexes reports it ((field, direction) pairs), in the form of `Index`."""
+    pairs = key.items() if isinstance(key, dict) else key
+    return tuple((name, int(direction)) for name, direction in pairs)
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    """The bulk write failed only on ids already present: no other write error and no write-concern error."""
+    details = exc.details
+    return not details.get("writeConcernErrors") and all(
+        error["code"] == DUPLICATE_KEY for error in details.get("writeErrors", ()))
+
+
+def _upsert(collection: Any, updates: list[UpdateOne]) -> None:
+    """Run the upserts, again when a concurrent upsert of the same new _id made one lose with a duplicate key."""
+    for attempt in range(1, UPSERT_ATTEMPTS + 1):
+        try:
+            collection.bulk_write(updates, ordered=False)
+            return
+        except BulkWriteError as exc:
+            if attempt == UPSERT_ATTEMPTS or not _only_duplicates(exc):
+                raise
 
 
 def _bucket_start(size: int) -> dict[str, Any]:
@@ -706,14 +1038,6 @@ def _report_order(order: str) -> Callable[[UsageRow], tuple]:
     return lambda row: (-row[order], row["group"])  # type: ignore[literal-required]
 
 
-def _page(cursor: Any, offset: int, limit: int | None) -> list[dict[str, Any]]:
-    """The documents of one page (pymongo reads `limit(0)` as no limit, so an empty page is kept empty here)."""
-    if limit is not None and limit <= 0:
-        return []
-    cursor = cursor.skip(max(offset, 0))
-    return list(cursor.limit(limit) if limit is not None else cursor)
-
-
 def _search(text: str, names: tuple[str, ...]) -> dict[str, Any]:
     """Any of the fields `names` holds `text` as a case-insensitive, literal substring."""
     pattern = {"$regex": re.escape(text), "$options": "i"}
@@ -721,14 +1045,16 @@ def _search(text: str, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _all_of(terms: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"$and": terms} if terms else {}
+    """The conjunction of the non-empty `terms` (empty for none: everything matches)."""
+    terms = [term for term in terms if term]
+    return {"$and": terms} if len(terms) > 1 else terms[0] if terms else {}
 
 
 def _changes(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
     """The `$set` of an admin's changes; ValueError (before anything is written) for a field not allowed."""
     unknown = set(changes) - set(allowed)
     if unknown or not changes:
-        raise ValueError(f"cannot change {', '.join(sorted(unknown)) or 'nothing'} (allowed: {', '.join(allowed)})")
+        raise ChangeRefused(f"cannot change {', '.join(sorted(unknown)) or 'nothing'} (allowed: {', '.join(allowed)})")
     return dict(changes)
 
 

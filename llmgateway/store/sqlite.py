@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     limits TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS api_keys_owner ON api_keys(owner);
+-- Reconciliation reads the revoked keys' hashes every 30 s: this partial index holds just those.
+CREATE INDEX IF NOT EXISTS api_keys_revoked ON api_keys(hash) WHERE active = 0;
 -- The admin's key list pages newest first. The index carries every column its filters read but
 -- the owner (which has its own index), so a filter, a count or a deep page never reads the table.
 CREATE INDEX IF NOT EXISTS api_keys_newest ON api_keys(created DESC, id, active, expires, name, prefix, models);
@@ -336,6 +338,9 @@ class SQLiteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._run(f"SELECT {KEY_COLUMNS} FROM api_keys {clause} ORDER BY created, id", params)
         return [_key(r) for r in rows.fetchall()]
+
+    def revoked_key_hashes(self) -> list[str]:
+        return [r[0] for r in self._run("SELECT hash FROM api_keys WHERE active = 0").fetchall()]
 
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         self._run("UPDATE api_keys SET active = 0 WHERE id = ?", (key_id,))
