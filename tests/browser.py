@@ -40,7 +40,9 @@ AXE_RUN = """async (tags) => {
 
 LAYOUT = """() => {
   const width = document.documentElement.clientWidth;
+  const FIELDS = "input, textarea, select";  // a value longer than its field scrolls inside it, by design
   const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+    (el.name ? `[name=${el.name}]` : "") + (el.placeholder ? `[placeholder="${el.placeholder}"]` : "") +
     (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\\s+/).join(".") : "");
   const faults = [];
   for (const el of document.body.querySelectorAll("*")) {
@@ -52,12 +54,16 @@ LAYOUT = """() => {
     if (style.visibility === "hidden") continue;
     if (box.right > width + 1 || box.left < -1) {
       faults.push(`${name(el)} spans ${Math.round(box.left)}..${Math.round(box.right)} px of ${width}`);
-    } else if (style.overflowX !== "visible" && el.scrollWidth > el.clientWidth + 1) {
+    } else if (style.overflowX !== "visible" && el.scrollWidth > el.clientWidth + 1 && !el.matches(FIELDS)) {
       faults.push(`${name(el)} cuts off its content (${el.scrollWidth} px in ${el.clientWidth})`);
     }
   }
   const page = document.documentElement.scrollWidth;
-  if (page > width) faults.push(`the page scrolls sideways (${page} px in ${width})`);
+  if (page > width) {
+    const wide = [...document.body.querySelectorAll("*")].filter((el) => el.getBoundingClientRect().right > width ||
+      (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)).map(name).slice(0, 5);
+    faults.push(`the page scrolls sideways (${page} px in ${width}): ${wide.join(", ")}`);
+  }
   return faults.slice(0, 12);
 }"""
 
