@@ -1201,10 +1201,11 @@
 
   // An audit entry's details for people: times as UTC dates, empty values as "none", no JSON.
   function detailValue(name, value) {
+    if ((value === null || value === 0) && name === "expires") return "never";
     if (value === null || value === undefined || value === "") return "none";
     if (TIME_FIELDS.includes(name) && typeof value === "number") return when(value) + " UTC";
     if (Array.isArray(value)) return value.length ? value.map((v) => detailValue("", v)).join(", ") : "none";
-    if (typeof value === "object") return `{${detailText(value)}}`;
+    if (typeof value === "object") return Object.keys(value).length ? `{${detailText(value)}}` : "none";
     return String(value);
   }
 
