@@ -70,6 +70,13 @@ class PortalPageHandler(PageHandler):
         self.send_page("portal.html")
 
 
+class FaviconHandler(PageHandler):
+    """GET /favicon.ico, which browsers ask for by themselves: the site's icon is an SVG."""
+
+    def get(self) -> None:
+        self.redirect(self.path("/static/favicon.svg"), permanent=True)
+
+
 class LoggedOutHandler(PageHandler):
     """GET /portal/logged-out: where logout ends."""
 

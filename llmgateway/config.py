@@ -166,6 +166,12 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path!r} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path!r} is a directory, not a TOML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path!r} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
     for var, (section, key) in ENV_OVERRIDES.items():

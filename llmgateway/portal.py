@@ -158,6 +158,7 @@ class Portal:
             "key_limit": self.config.max_keys_per_user,
             "dev_login": self.config.dev_login,
             "title": self.config.title,
+            "currency": self.config.currency,
         }
 
     async def accept_terms(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:

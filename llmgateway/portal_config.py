@@ -41,7 +41,7 @@ SAML_KEYS = {
 }
 PORTAL_KEYS = {
     "enabled", "public_url", "session_secret_env", "session_secret_file", "session_hours", "secure_cookies",
-    "dev_login", "terms_version", "terms_file", "max_keys_per_user", "title",
+    "dev_login", "terms_version", "terms_file", "max_keys_per_user", "title", "currency",
 }
 
 
@@ -87,6 +87,7 @@ class PortalConfig:
     terms_file: str = ""
     max_keys_per_user: int = 10
     title: str = "LLM Gateway"
+    currency: str = ""
     saml: SamlConfig = field(default_factory=SamlConfig)
 
     @property
@@ -135,8 +136,17 @@ def parse_portal(raw: Mapping[str, Any], server: ServerConfig) -> PortalConfig |
         terms_file=_str(portal_raw, "portal.terms_file", ""),
         max_keys_per_user=_int(portal_raw, "portal.max_keys_per_user", 10, minimum=1),
         title=_str(portal_raw, "portal.title", "LLM Gateway"),
+        currency=_currency(portal_raw),
         saml=saml,
     )
+
+
+def _currency(raw: Mapping[str, Any]) -> str:
+    """What the pages write after a cost: the unit of the models' prices (e.g. EUR), or nothing."""
+    currency = _str(raw, "portal.currency", "").strip()
+    if len(currency) > 12:
+        raise ConfigError("portal.currency must be a short unit such as EUR, USD or credits (at most 12 characters)")
+    return currency
 
 
 def _parse_saml(raw: Mapping[str, Any]) -> SamlConfig:

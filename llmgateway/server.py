@@ -76,6 +76,9 @@ async def serve(config: Config) -> None:
         "LLM Gateway listening on %s:%d (store %s, %d models)",
         config.server.host, config.server.port, config.store_url.split(":", 1)[0], len(config.models),
     )
+    if portal is not None:
+        log.info("portal at %s/portal, admin UI at %s/admin%s", portal.config.public_url, portal.config.public_url,
+                 " (development login: anyone can log in as anyone)" if portal.config.dev_login else "")
     await stopping.wait()
     log.info("shutting down: draining %d open calls for up to %.0f s", gateway.in_flight, config.server.drain_seconds)
     server.stop()

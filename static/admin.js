@@ -5,7 +5,6 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const SVG = "http://www.w3.org/2000/svg";
   const apiBase = new URL(".", window.location.href);
   const API = "admin/api/v1/";
   const PAGE = 50;
@@ -21,7 +20,7 @@
   };
   const VIA_LABELS = { ui: "admin UI", api: "admin API", portal: "portal", cli: "CLI" };
   const VIEWS = ["users", "user", "keys", "key", "models", "usage", "events", "audit", "tokens"];
-  const NAV_OF = { user: "users", key: "keys", model: "models", events: "users" };
+  const NAV_OF = { user: "users", key: "keys", model: "models" };
 
   let me = null;
   let models = [];
@@ -130,10 +129,25 @@
     return Math.round(n || 0).toLocaleString("en-US");
   }
 
+  // Prices are in the unit the operator names (portal.currency), else plain numbers.
+  let currency = "";
   function money(n) {
-    // Prices are in the operator's own currency: no symbol is assumed.
     n = n || 0;
-    return n.toFixed(n < 1 ? 4 : 2);
+    const text = n.toFixed(n > 0 && n < 0.01 ? 4 : 2);
+    return currency ? `${text} ${currency}` : text;
+  }
+
+  // Says `text` to screen readers (a status region), without moving focus.
+  function announce(text) {
+    const region = $("announce");
+    region.textContent = "";
+    window.setTimeout(() => { region.textContent = text; }, 50);
+  }
+
+  // A button or link whose visible text is short, with the rest of its name for screen readers.
+  function named(node, rest) {
+    node.append(el("span", rest, "visually-hidden"));
+    return node;
   }
 
   function count(n, one, many) {
@@ -148,7 +162,7 @@
   function row(cells, className) {
     const tr = document.createElement("tr");
     if (className) tr.className = className;
-    for (const [label, content, cls] of cells) {
+    for (const [label, content, cls] of cells.filter(Boolean)) {
       const td = el("td", null, cls || "");
       if (label) td.dataset.label = label;
       if (content instanceof Node) td.append(content);
@@ -212,8 +226,11 @@
   }
 
   // Runs a change: the button is disabled meanwhile; a refusal is shown in `scope`.
+  // A disabled button loses the focus; it gets it back when it is enabled again, unless the focus
+  // has gone somewhere on purpose meanwhile (a refused field).
   async function attempt(scope, control, action) {
     formError(scope, null);
+    const hadFocus = control && document.activeElement === control;
     if (control) control.disabled = true;
     try {
       return await action();
@@ -222,11 +239,14 @@
       return undefined;
     } finally {
       if (control) control.disabled = false;
+      const lost = document.activeElement === null || document.activeElement === document.body;
+      if (hadFocus && lost && control.isConnected) control.focus();
     }
   }
 
   function confirmDialog(text, okLabel, danger = true) {
     const dialog = $("confirm");
+    $("confirm-title").textContent = okLabel + "?";
     $("confirm-text").textContent = text;
     $("confirm-ok").textContent = okLabel;
     $("confirm-ok").className = danger ? "danger" : "";
@@ -247,7 +267,7 @@
       window.getSelection().addRange(range);
       document.execCommand("copy");
     }
-    done.hidden = false;
+    done.textContent = "Copied.";
   }
 
   // --- routes: #view/arg?filters -----------------------------------------------------------
@@ -290,8 +310,11 @@
     if (!VIEWS.includes(view) && view !== "model") view = "users";
     const section = view === "model" ? "models" : view;
     for (const name of VIEWS) $("view-" + name).hidden = name !== section;
-    const nav = view === "events" && params.key ? "keys" : NAV_OF[view] || view;
-    for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === nav);
+    const nav = view === "events" ? (params.key && "keys") || (params.user && "users") || "usage" : NAV_OF[view] || view;
+    for (const a of document.querySelectorAll("#nav a")) {
+      if (a.dataset.view === nav) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
     showError("");
     if (section !== "keys") hideNewKey();
     redraw = null;
@@ -475,7 +498,7 @@
       (filters) => api("GET", "users", undefined, { ...filters, offset: offsetOf(params), limit: PAGE }));
     if (!data) return;
     $("users-body").replaceChildren(...data.items.map((u) => row([
-      ["Username", link(u.username, hashFor("user", u.username), "mono-text")],
+      ["Username", link(u.username, hashFor("user", u.username))],
       ["Name", u.display_name || "—"],
       ["Email", u.email || "—"],
       ["Role", roleBadges(u)],
@@ -554,15 +577,15 @@
     $("user-limit-fields").dataset.param = "limits";
     limitFields($("user-limit-fields"), "user", user.limits, user.effective_limits);
     formError(limitsForm, null);
-    $("user-limits-saved").hidden = true;
+    $("user-limits-saved").textContent = "";
     limitsForm.onsubmit = async (event) => {
       event.preventDefault();
-      $("user-limits-saved").hidden = true;
+      $("user-limits-saved").textContent = "";
       const done = await attempt(limitsForm, limitsForm.querySelector("button[type=submit]"),
         () => api("PATCH", "users/" + enc(user.username), { limits: readLimits($("user-limit-fields")) }));
       if (done) {
         limitFields($("user-limit-fields"), "user", done.limits, done.effective_limits);
-        $("user-limits-saved").hidden = false;
+        $("user-limits-saved").textContent = "Saved.";
       }
     };
 
@@ -599,10 +622,10 @@
 
   function keyRow(k, withOwner, after) {
     const cells = [["Name", link(k.name, hashFor("key", k.id)), "name"]];
-    if (withOwner) cells.push(["Owner", link(k.owner, hashFor("user", k.owner), "mono-text")]);
-    const actions = [link("Edit", hashFor("key", k.id), "small")];
+    if (withOwner) cells.push(["Owner", link(k.owner, hashFor("user", k.owner))]);
+    const actions = [named(link("Edit", hashFor("key", k.id), "small"), ` the key “${k.name}”`)];
     if (k.status === "active") {
-      actions.push(button("Revoke", "danger small revoke", () => revokeKey(k, after)));
+      actions.push(named(button("Revoke", "danger small revoke", () => revokeKey(k, after)), ` the key “${k.name}”`));
     }
     cells.push(
       ["Key", k.prefix + "…", "mono"],
@@ -622,10 +645,13 @@
     if (!ok) return;
     try {
       await api("POST", "keys/" + enc(k.id) + "/revoke");
+      announce(`The key “${k.name}” is revoked.`);
     } catch (err) {
       if (err.status !== 401) showError(err.message);
     }
     after();
+    const heading = document.querySelector("section:not([hidden]) h1");
+    if (heading) heading.focus();
   }
 
   async function loadKeys(_arg, params, fresh) {
@@ -691,19 +717,23 @@
       `client = OpenAI(base_url="${v1}", api_key="${key}")\n` +
       `reply = client.chat.completions.create(model="${model}", messages=[{"role": "user", "content": "Hello"}])\n` +
       "print(reply.choices[0].message.content)";
-    $("copied").hidden = true;
+    $("copied").textContent = "";
     $("new-key").hidden = false;
-    $("new-key").scrollIntoView({ block: "start" });
+    $("new-key-title").focus();
   }
 
   function hideNewKey() {
     $("new-key").hidden = true;
     $("new-key-value").textContent = "";
     $("example-python").textContent = "";
+    $("copied").textContent = "";
   }
 
   $("copy-key").addEventListener("click", () => copyText($("new-key-value"), $("copied")));
-  $("new-key-done").addEventListener("click", hideNewKey);
+  $("new-key-done").addEventListener("click", () => {
+    hideNewKey();
+    $("keys-title").focus();
+  });
 
   async function loadKey(id, _params, fresh) {
     const [k] = await Promise.all([api("GET", "keys/" + enc(id)), refreshModels()]);
@@ -731,37 +761,56 @@
     revoke.onclick = async () => {
       const ok = await confirmDialog(`Revoke the key “${k.name}” (${k.prefix}…) of ${k.owner}? Programs using it ` +
         "stop working at once. This cannot be undone.", "Revoke the key");
-      if (ok && await attempt(card, revoke, () => api("POST", "keys/" + enc(k.id) + "/revoke"))) route();
+      if (ok && await attempt(card, revoke, () => api("POST", "keys/" + enc(k.id) + "/revoke"))) {
+        announce(`The key “${k.name}” is revoked.`);
+        route();
+        $("key-title").focus();
+      }
     };
 
     const form = $("key-edit");
     formError(form, null);
-    $("key-saved").hidden = true;
     form.elements.name.value = k.name;
     modelChoices(form.querySelector(".model-choices"), k.models);
-    const expiresDay = k.expires ? isoDay(new Date(k.expires * 1000)) : "";
+    // The expiry as it is stored, to the second: the form shows its UTC day and time, and
+    // sends a new one only when either was changed (keeping the seconds of an unchanged time).
+    const expiresAt = k.expires ? new Date(k.expires * 1000).toISOString() : "";
+    const expiresDay = expiresAt.slice(0, 10);
+    const expiresTime = expiresAt.slice(11, 16);
     form.elements.never.checked = !k.expires;
     form.elements.expires.value = expiresDay;
-    form.elements.expires.disabled = !k.expires;
-    form.elements.never.onchange = () => {
+    form.elements.expires_time.value = expiresTime;
+    const never = () => {
       form.elements.expires.disabled = form.elements.never.checked;
+      form.elements.expires_time.disabled = form.elements.never.checked;
     };
+    never();
+    form.elements.never.onchange = never;
     limitFields(form.querySelector(".limits"), "user", k.limits);
+    $("key-saved").textContent = "";
     form.onsubmit = async (event) => {
       event.preventDefault();
-      $("key-saved").hidden = true;
+      $("key-saved").textContent = "";
       const changes = {};
       if (form.elements.name.value !== k.name) changes.name = form.elements.name.value;
       const ticked = tickedModels(form.querySelector(".model-choices"));
       if (ticked.join("\n") !== k.models.join("\n")) changes.models = ticked;
       if (form.elements.never.checked) {
         if (k.expires) changes.expires = null;
-      } else if (form.elements.expires.value !== expiresDay) {
-        if (!form.elements.expires.value) {
-          formError(form, { message: "Pick the day the key expires, or tick “never”.", param: "expires" });
-          return;
+      } else {
+        const newDay = form.elements.expires.value.trim();
+        const newTime = form.elements.expires_time.value.trim() || "00:00";
+        if (newDay !== expiresDay || newTime !== (expiresTime || "00:00")) {
+          const at = /^\d{4}-\d{2}-\d{2}$/.test(newDay) && /^\d{2}:\d{2}$/.test(newTime)
+            ? Date.parse(`${newDay}T${newTime}:00Z`) : NaN;
+          if (Number.isNaN(at)) {
+            formError(form, { message: "Give the day (YYYY-MM-DD) and time (HH:MM, UTC) the key expires, or tick " +
+              "“never”.", param: "expires" });
+            return;
+          }
+          const seconds = newTime === expiresTime ? k.expires % 60 : 0;
+          changes.expires = at / 1000 + seconds;
         }
-        changes.expires = Date.parse(form.elements.expires.value + "T00:00:00Z") / 1000;
       }
       const limits = readLimits(form.querySelector(".limits"));
       if (JSON.stringify(limits) !== JSON.stringify(sortedLimits(k.limits))) changes.limits = limits;
@@ -773,7 +822,7 @@
         () => api("PATCH", "keys/" + enc(k.id), changes));
       if (done) {
         await loadKey(id, _params, fresh);
-        $("key-saved").hidden = false;
+        $("key-saved").textContent = "Saved.";
       }
     };
   }
@@ -819,8 +868,8 @@
     if (limits.length) upstreams.push(el("span", "limits: " + limits.join("; "), "sub"));
     const actions = [];
     if (!fromConfig) {
-      actions.push(link("Edit", hashFor("model", m.id), "small"),
-        button("Remove", "danger small remove", () => removeModel(m)));
+      actions.push(named(link("Edit", hashFor("model", m.id), "small"), ` the model ${m.id}`),
+        named(button("Remove", "danger small remove", () => removeModel(m)), ` the model ${m.id}`));
     }
     return row([
       ["Model", name],
@@ -839,11 +888,13 @@
     if (!ok) return;
     try {
       await api("DELETE", "models/" + enc(m.id));
+      announce(`The model ${m.id} is removed.`);
     } catch (err) {
       if (err.status !== 401) showError(err.message);
     }
     if (parseHash().view === "model") go("models");
     else route();
+    $("models-title").focus();
   }
 
   function modelForm(m) {
@@ -864,7 +915,7 @@
     f.prompt_cost_per_1k.value = m ? String(m.prompt_cost_per_1k || 0) : "0";
     f.completion_cost_per_1k.value = m ? String(m.completion_cost_per_1k || 0) : "0";
     f.active.checked = m ? m.active !== false : true;
-    f.usage_probe.checked = m ? !!m.usage_probe : false;
+    f.usage_probe.checked = m ? m.usage_probe !== false : true;
     const limits = {};
     for (const [name, value] of Object.entries((m && m.limits) || {})) if (value) limits[name] = value;
     limitFields(form.querySelector(".limits"), "model", limits);
@@ -900,6 +951,12 @@
     if (upstreamModel) body.upstream_model = upstreamModel;
     else if (editing) body.upstream_model = editing;
     if (!editing) body.id = f.id.value.trim();
+    const doubled = body.upstreams.map((u) => (typeof u === "string" ? u : u.url)).find((u) => /\/v1\/?$/.test(u));
+    if (doubled) {
+      formError(form, { param: "upstreams", message: `${doubled} ends in /v1, but the gateway adds /v1/… itself ` +
+        "(calls would go to /v1/v1/chat/completions): give the server's base URL without /v1." });
+      return;
+    }
     const done = await attempt(form, $("model-submit"), () => (editing
       ? api("PATCH", "models/" + enc(editing), body) : api("POST", "models", body)));
     if (!done) return;
@@ -951,17 +1008,41 @@
         .href;
       $("csv-" + by).setAttribute("download", `usage-by-${by}-${byDay.since}-${byDay.until}.csv`);
     }
+    for (const head of document.querySelectorAll("#view-usage .cost-head")) {
+      head.textContent = currency ? `Cost (${currency})` : "Cost";
+    }
     redraw = () => drawDays(byDay);
     redraw();
+    perDay(byDay);
     drawModels(byModel);
-    $("usage-users-body").replaceChildren(...byUser.rows.map((r) => row([
-      ["User", link(r.group, hashFor("user", r.group), "mono-text")],
+    // Nobody's calls had a price: rank by tokens instead of by an all-zero cost.
+    const priced = byUser.rows.some((r) => r.cost > 0);
+    const top = priced || !byUser.rows.length ? byUser
+      : await api("GET", "usage", undefined, { ...filters, by: "user", order: "tokens", limit: 10 });
+    if (!fresh()) return;
+    $("usage-users-title").textContent = priced || !byUser.rows.length ? "Top users by cost"
+      : "Top users by tokens (no call in this range had a price)";
+    $("usage-users-body").replaceChildren(...top.rows.map((r) => row([
+      ["User", link(r.group, hashFor("user", r.group))],
       ["Requests", number(r.requests)],
       ["Prompt tokens", number(r.prompt_tokens)],
       ["Completion tokens", number(r.completion_tokens)],
       ["Cost", money(r.cost)],
     ])));
-    emptyMessage($("usage-users-empty"), !byUser.rows.length);
+    emptyMessage($("usage-users-empty"), !top.rows.length);
+  }
+
+  // The chart's numbers as text: every day with usage, newest first.
+  function perDay(report) {
+    const rows = [...report.rows].sort((a, b) => String(b.group).localeCompare(String(a.group)));
+    $("usage-per-day").hidden = !rows.length;
+    $("usage-per-day-body").replaceChildren(...rows.map((r) => row([
+      ["Day (UTC)", String(r.group), "nowrap"],
+      ["Requests", number(r.requests)],
+      ["Prompt tokens", number(r.prompt_tokens)],
+      ["Completion tokens", number(r.completion_tokens)],
+      ["Cost", money(r.cost)],
+    ])));
   }
 
   function daysBetween(since, until) {
@@ -973,63 +1054,47 @@
     return days;
   }
 
-  // Stacked bars of prompt and completion tokens per day, drawn as SVG at the container's width.
+  const PARTS = [
+    { id: "prompt", name: "prompt tokens", color: "#1d4ed8", pattern: "hatch" },
+    { id: "completion", name: "completion tokens", color: "#1d4ed8", pattern: "solid" },
+  ];
+
+  // Stacked bars of prompt (hatched) and completion (solid) tokens per day.
   function drawDays(report) {
     const chart = $("usage-day-chart");
-    chart.replaceChildren();
     const note = $("usage-day-note");
     note.hidden = report.total <= report.rows.length;
     note.textContent = `Only the first ${report.rows.length} of ${report.total} days are drawn; pick a shorter range.`;
+    $("usage-day-legend").replaceChildren(...PARTS.map((part) => {
+      const item = el("span", null, "legend-item");
+      item.append(window.gatewayChart.swatch(part), part.name);
+      return item;
+    }));
     if (!report.rows.length) {
-      chart.append(el("p", "No usage in this range.", "empty"));
+      chart.replaceChildren(el("p", "No usage in this range.", "empty"));
       return;
     }
     const byDay = new Map(report.rows.map((r) => [String(r.group), r]));
     const days = daysBetween(report.since, report.until);
-    const width = Math.max(300, Math.round(chart.clientWidth || 720));
-    const height = 240;
-    const left = 60, bottom = 24, top = 10, right = 8;
-    const plotH = height - top - bottom;
     const tokens = (r) => (r ? r.prompt_tokens + r.completion_tokens : 0);
-    const max = Math.max(1, ...days.map((d) => tokens(byDay.get(d))));
-    const slot = (width - left - right) / days.length;
-    const labelEvery = Math.max(1, Math.ceil(52 / slot));
-    const svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", "Tokens per day");
-    const add = (tag, attrs, text) => {
-      const node = document.createElementNS(SVG, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-      if (text !== undefined) node.textContent = text;
-      svg.append(node);
-      return node;
-    };
-    for (const frac of [0, 0.5, 1]) {
-      const y = top + plotH * (1 - frac);
-      add("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" });
-      add("text", { x: left - 6, y: y + 4, class: "axis", "text-anchor": "end" }, number(max * frac));
-    }
-    days.forEach((d, i) => {
-      const r = byDay.get(d);
-      const x = left + i * slot + slot * 0.15;
-      if (r) {
-        let y = top + plotH;
-        for (const part of ["prompt", "completion"]) {
-          const h = (r[part + "_tokens"] / max) * plotH;
-          y -= h;
-          const rect = add("rect", { x, y, width: Math.max(slot * 0.7, 1), height: Math.max(h, 0.5), class: part });
-          const title = document.createElementNS(SVG, "title");
-          title.textContent = `${d}: ${number(r.prompt_tokens)} prompt + ${number(r.completion_tokens)} completion ` +
-            `tokens, ${count(r.requests, "request")}, cost ${money(r.cost)}`;
-          rect.append(title);
-        }
-      }
-      if ((days.length - 1 - i) % labelEvery === 0) {
-        add("text", { x: x + slot * 0.35, y: height - 6, class: "axis", "text-anchor": "middle" }, d.slice(5));
-      }
+    const busiest = days.reduce((best, d) => (tokens(byDay.get(d)) > tokens(byDay.get(best)) ? d : best), days[0]);
+    const t = report.totals || {};
+    window.gatewayChart.draw(chart, {
+      days,
+      series: PARTS,
+      values: (d) => {
+        const r = byDay.get(d);
+        return r ? { prompt: r.prompt_tokens, completion: r.completion_tokens } : {};
+      },
+      tooltip: (d) => {
+        const r = byDay.get(d);
+        return `${d}: ${number(r.prompt_tokens)} prompt + ${number(r.completion_tokens)} completion tokens, ` +
+          `${count(r.requests, "request")}, cost ${money(r.cost)}`;
+      },
+      label: `Bar chart of prompt and completion tokens per day, ${report.since} to ${report.until}: ` +
+        `${number(t.prompt_tokens)} prompt and ${number(t.completion_tokens)} completion tokens, most on ${busiest} ` +
+        `(${number(tokens(byDay.get(busiest)))}). The numbers per day are in the table below the chart.`,
     });
-    chart.append(svg);
   }
 
   // One bar per model: its share of the cost (of the tokens when nothing has a price).
@@ -1076,9 +1141,10 @@
     formError(card, null, form);
     const subject = params.key ? { key: params.key } : { user: params.user };
     $("events-title").textContent = params.key ? `Usage events of the key ${params.key}`
-      : `Usage events of ${params.user || "…"}`;
+      : params.user ? `Usage events of ${params.user}` : "Usage events of everyone";
+    $("events-back").closest(".back").hidden = !params.key && !params.user;
     $("events-back").href = params.key ? hashFor("key", params.key) : hashFor("user", params.user || "");
-    $("events-back").textContent = params.key ? "← The key" : `← ${params.user || "Users"}`;
+    $("events-back").textContent = params.key ? "← The key" : `← ${params.user}`;
     let data;
     try {
       data = await api("GET", "usage/events", undefined,
@@ -1094,14 +1160,19 @@
       return;
     }
     if (!fresh()) return;
+    // The columns that would repeat the page's subject on every line are left out.
+    const showUser = !params.key && !params.user;
+    const showKey = !params.key;
+    $("events-user-head").hidden = !showUser;
+    $("events-key-head").hidden = !showKey;
     $("events-body").replaceChildren(...data.items.map((e) => {
       const flags = [e.streamed ? "streamed" : "", e.estimated ? "estimated" : ""].filter(Boolean).join(", ");
       return row([
         ["Time (UTC)", when(e.ts).concat(e.ts ? ":" + new Date(e.ts * 1000).toISOString().slice(17, 19) : ""),
-          "nowrap"],
-        ["User", link(e.user, hashFor("user", e.user), "mono-text")],
-        ["Key", e.key_id ? link(e.key_id, hashFor("key", e.key_id)) : "—", "mono"],
-        ["Model", e.model],
+          "nowrap time"],
+        showUser ? ["User", link(e.user, hashFor("user", e.user))] : null,
+        showKey ? ["Key", e.key_id ? link(e.key_id, hashFor("key", e.key_id)) : "—", "mono"] : null,
+        ["Model", e.model, "nowrap"],
         ["Endpoint", e.endpoint || "—"],
         ["Tokens", [el("span", `${number(e.prompt_tokens)} + ${number(e.completion_tokens)}`),
           el("span", flags, "sub")]],
@@ -1126,16 +1197,31 @@
     return entry.target;
   }
 
+  const TIME_FIELDS = ["expires", "created", "last_used", "ts", "until", "since"];
+
+  // An audit entry's details for people: times as UTC dates, empty values as "none", no JSON.
+  function detailValue(name, value) {
+    if ((value === null || value === 0) && name === "expires") return "never";
+    if (value === null || value === undefined || value === "") return "none";
+    if (TIME_FIELDS.includes(name) && typeof value === "number") return when(value) + " UTC";
+    if (Array.isArray(value)) return value.length ? value.map((v) => detailValue("", v)).join(", ") : "none";
+    if (typeof value === "object") return Object.keys(value).length ? `{${detailText(value)}}` : "none";
+    return String(value);
+  }
+
+  function detailText(details) {
+    return Object.entries(details).map(([name, value]) => `${name}: ${detailValue(name, value)}`).join("; ");
+  }
+
   async function loadAudit(_arg, params, fresh) {
     const data = await filtered("audit-filter", params, fresh,
       (filters) => api("GET", "audit", undefined, { ...filters, offset: offsetOf(params), limit: PAGE }));
     if (!data) return;
     $("audit-body").replaceChildren(...data.items.map((entry) => {
-      const details = Object.entries(entry.details || {}).map(([name, value]) =>
-        `${name}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
+      const details = detailText(entry.details || {});
       return row([
         ["Time (UTC)", when(entry.ts), "nowrap"],
-        ["Actor", [el("span", entry.actor, "mono"), el("span", entry.source || "", "sub")]],
+        ["Actor", [el("span", entry.actor), el("span", entry.source || "", "sub")]],
         ["Through", VIA_LABELS[entry.via] || entry.via, "nowrap"],
         ["Action", entry.action, "mono"],
         ["Target", auditTarget(entry), "mono"],
@@ -1161,7 +1247,8 @@
       ["Expires", when(t.expires, "never"), "nowrap"],
       ["Last used", when(t.last_used, "never"), "nowrap"],
       ["Status", t.status, "status-" + t.status],
-      ["", t.status === "active" ? button("Revoke", "danger small revoke", () => revokeToken(t)) : null,
+      ["", t.status === "active"
+        ? named(button("Revoke", "danger small revoke", () => revokeToken(t)), ` the admin token “${t.name}”`) : null,
         t.status === "active" ? "actions" : "actions empty-cell"],
     ], t.status === "active" ? "" : "gone")));
     emptyMessage($("tokens-empty"), !data.items.length);
@@ -1173,10 +1260,12 @@
     if (!ok) return;
     try {
       await api("POST", "tokens/" + enc(t.id) + "/revoke");
+      announce(`The admin token “${t.name}” is revoked.`);
     } catch (err) {
       if (err.status !== 401) showError(err.message);
     }
     route();
+    $("tokens-title").focus();
   }
 
   $("token-create").addEventListener("submit", async (event) => {
@@ -1190,9 +1279,9 @@
     $("new-token-value").textContent = done.token;
     $("example-token").textContent =
       `curl -H "Authorization: Bearer ${done.token}" ${apiUrl("users").href}`;
-    $("token-copied").hidden = true;
+    $("token-copied").textContent = "";
     $("new-token").hidden = false;
-    $("new-token").scrollIntoView({ block: "start" });
+    $("new-token-title").focus();
     route();
   });
   $("copy-token").addEventListener("click", () => copyText($("new-token-value"), $("token-copied")));
@@ -1200,6 +1289,12 @@
     $("new-token").hidden = true;
     $("new-token-value").textContent = "";
     $("example-token").textContent = "";
+    $("token-copied").textContent = "";
+    $("tokens-title").focus();
+  });
+  $("skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("main").focus();
   });
 
   // --- start -------------------------------------------------------------------------------
@@ -1231,6 +1326,7 @@
     if (profile) {
       $("dev-banner").hidden = !profile.dev_login;
       if (profile.title) $("brand").textContent = profile.title;
+      currency = profile.currency || "";
     }
     route();
   }

@@ -4,8 +4,6 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const SVG = "http://www.w3.org/2000/svg";
-  const COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"];
   const apiBase = new URL(".", window.location.href);
   let me = null;
   let redrawUsage = null;
@@ -67,26 +65,49 @@
     return Math.round(n).toLocaleString("en-US");
   }
 
+  // Prices are in the unit the operator names (portal.currency), else plain numbers.
   function money(n) {
-    // Prices are in whatever currency the operator set them in: no symbol is assumed.
-    return n.toFixed(n < 1 ? 4 : 2);
+    const digits = n > 0 && n < 0.01 ? 4 : 2;
+    const text = n.toFixed(digits);
+    return me && me.currency ? `${text} ${me.currency}` : text;
+  }
+
+  // Says `text` to screen readers (a status region), without moving focus.
+  function announce(text) {
+    const region = $("announce");
+    region.textContent = "";
+    window.setTimeout(() => { region.textContent = text; }, 50);
+  }
+
+  // Moves focus to a heading or other element made focusable with tabindex="-1".
+  function focusOn(node) {
+    node.focus({ preventScroll: false });
   }
 
   // --- views -------------------------------------------------------------------------------
 
-  function show(view) {
+  const VIEWS = { terms: "Terms of use", keys: "My keys", usage: "My usage" };
+
+  // Shows one view; `focus` moves the keyboard to its heading (after a navigation, not on load).
+  function show(view, focus) {
     if (!me.terms.accepted) view = "terms";
-    for (const name of ["terms", "keys", "usage"]) $("view-" + name).hidden = name !== view;
+    if (!VIEWS[view]) view = "keys";
+    for (const name of Object.keys(VIEWS)) $("view-" + name).hidden = name !== view;
     for (const link of document.querySelectorAll("#nav a")) {
-      link.classList.toggle("active", link.dataset.view === view);
+      const current = link.dataset.view === view;
+      link.classList.toggle("active", current);
+      if (current) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
     }
+    document.title = `${VIEWS[view]} · ${me.title}`;
     showError("");
+    if (focus) focusOn($("view-" + view).querySelector("h1"));
     if (view === "keys") loadKeys().catch((err) => showError(err.message));
     if (view === "usage") loadUsage().catch((err) => showError(err.message));
   }
 
-  function route() {
-    show((window.location.hash || "#keys").slice(1));
+  function route(focus) {
+    show((window.location.hash || "#keys").slice(1), focus);
   }
 
   function renderTerms() {
@@ -114,14 +135,16 @@
       for (const [label, value] of cells) {
         const style = { Status: "status-" + key.status, Key: "mono", Created: "nowrap", Expires: "nowrap",
           "Last used": "nowrap" };
-        const cell = el("td", value, style[label] || "");
+        const cell = el(label === "Name" ? "th" : "td", value, style[label] || "");
+        if (label === "Name") cell.scope = "row";
         cell.dataset.label = label;
         row.append(cell);
       }
-      const action = el("td");
+      const action = el("td", null, key.status === "active" ? "actions" : "actions empty-cell");
       if (key.status === "active") {
         const button = el("button", "Revoke", "danger small");
         button.type = "button";
+        button.append(el("span", ` the key “${key.name}”`, "visually-hidden"));
         button.addEventListener("click", () => confirmRevoke(key));
         action.append(button);
       }
@@ -129,6 +152,7 @@
       body.append(row);
     }
     $("no-keys").hidden = data.keys.length > 0;
+    $("keys-table").hidden = !data.keys.length;
     $("key-count").textContent = `${data.active} of at most ${data.limit} active keys.`;
     const full = data.active >= data.limit;
     $("limit-msg").hidden = !full;
@@ -158,18 +182,24 @@
     const expiry = $("key-expiry").value;
     const button = $("create-button");
     button.disabled = true;
+    let created = false;
     try {
       const data = await api("POST", "keys", {
         name: $("key-name").value, models, expires_days: expiry ? Number(expiry) : null,
       });
       $("create-form").reset();
       showNewKey(data.key, models[0] || me.models[0] || "MODEL");
+      created = true;
     } catch (err) {
       showError(err.message);
     } finally {
       button.disabled = false;
       await loadKeys().catch((err) => showError(err.message));
     }
+    // The disabled button lost the focus: to the new key, or back to the button after a refusal.
+    if (created) focusOn($("new-key-title"));
+    else if (!button.disabled) button.focus();
+    else focusOn($("keys-title"));
   }
 
   function showNewKey(key, model) {
@@ -185,9 +215,9 @@
       `client = OpenAI(base_url="${v1}", api_key="${key}")\n` +
       `reply = client.chat.completions.create(model="${model}", messages=[{"role": "user", "content": "Hello"}])\n` +
       "print(reply.choices[0].message.content)";
-    $("copied").hidden = true;
+    $("copied").textContent = "";
     $("new-key").hidden = false;
-    $("new-key").scrollIntoView({ block: "start" });
+    announce("Your new key is shown below its heading: copy it now, it is shown only this once.");
   }
 
   async function copyKey() {
@@ -201,7 +231,7 @@
       window.getSelection().addRange(range);
       document.execCommand("copy");
     }
-    $("copied").hidden = false;
+    $("copied").textContent = "Copied.";
   }
 
   function confirmRevoke(key) {
@@ -211,44 +241,56 @@
     dialog.returnValue = "";
     dialog.onclose = async () => {
       if (dialog.returnValue !== "revoke") return;
+      let revoked = false;
       try {
         await api("DELETE", "keys/" + encodeURIComponent(key.id));
+        revoked = true;
       } catch (err) {
         showError(err.message);
       }
       await loadKeys().catch((err) => showError(err.message));
+      focusOn($("keys-title"));
+      if (revoked) announce(`The key “${key.name}” is revoked.`);
     };
     dialog.showModal();
   }
 
   // --- usage -------------------------------------------------------------------------------
 
+  const PALETTE = ["#1d4ed8", "#047857", "#b45309", "#7e22ce", "#b91c1c", "#0e7490", "#4d7c0f", "#be185d"];
+
   async function loadUsage() {
     const data = await api("GET", "usage?days=30");
     const models = data.by_model.map((row) => row.model);
-    const color = (model) => COLORS[models.indexOf(model) % COLORS.length];
-    redrawUsage = () => drawChart(data, models, color);
+    const series = models.map((model, i) => ({
+      id: `m${i}`, name: model, color: PALETTE[i % PALETTE.length],
+      pattern: window.gatewayChart.PATTERNS[i % window.gatewayChart.PATTERNS.length],
+    }));
+    redrawUsage = () => drawChart(data, series);
     redrawUsage();
-    const legend = $("legend");
-    legend.replaceChildren();
-    for (const model of models) {
+    $("legend").replaceChildren(...series.map((s) => {
       const item = el("span", null, "legend-item");
-      const swatch = el("span", null, "swatch");
-      swatch.style.background = color(model);
-      item.append(swatch, model);
-      legend.append(item);
+      item.append(window.gatewayChart.swatch(s), s.name);
+      return item;
+    }));
+    for (const head of document.querySelectorAll("#view-usage .cost-head")) {
+      head.textContent = me.currency ? `Cost (${me.currency})` : "Cost";
     }
+    perDayTable(data);
     const body = $("totals-body");
     body.replaceChildren();
-    const rows = [...data.by_model, { model: "Total", ...data.totals }];
-    for (const row of rows) {
+    const labels = ["Requests", "Prompt tokens", "Completion tokens", "Cost"];
+    for (const row of [...data.by_model, { ...data.totals, total: true }]) {
       const tr = document.createElement("tr");
-      if (row.model === "Total" && row === rows[rows.length - 1]) tr.className = "total";
-      const values = [row.model, number(row.requests), number(row.prompt_tokens), number(row.completion_tokens),
-        money(row.cost)];
+      if (row.total) tr.className = "total";
+      const name = el("th", row.total ? "Total" : row.model);
+      name.scope = "row";
+      if (!row.total) name.dataset.label = "Model";
+      tr.append(name);
+      const values = [number(row.requests), number(row.prompt_tokens), number(row.completion_tokens), money(row.cost)];
       for (const [i, value] of values.entries()) {
         const td = el("td", value);
-        td.dataset.label = ["Model", "Requests", "Prompt tokens", "Completion tokens", "Cost"][i];
+        td.dataset.label = labels[i];
         tr.append(td);
       }
       body.append(tr);
@@ -258,59 +300,61 @@
     quota.textContent = data.quota ? data.quota.summary || "" : "";
   }
 
-  // Stacked bars of prompt + completion tokens per day and model, drawn as SVG.
-  function drawChart(data, models, color) {
+  // The days the chart spans: from the first day with usage (a week at least) to today.
+  function chartDays(data) {
+    const used = data.days.findIndex((d) => data.rows.some((r) => r.day === d));
+    return data.days.slice(Math.max(0, Math.min(used, data.days.length - 7)));
+  }
+
+  // Every day and model with usage, newest first: the chart's numbers as text.
+  function perDayTable(data) {
+    const rows = [...data.rows].sort((a, b) => (a.day === b.day ? a.model.localeCompare(b.model)
+      : b.day.localeCompare(a.day)));
+    $("per-day").hidden = !rows.length;
+    $("per-day-body").replaceChildren(...rows.map((r) => {
+      const tr = document.createElement("tr");
+      const dayCell = el("th", r.day, "nowrap");
+      dayCell.scope = "row";
+      dayCell.dataset.label = "Day";
+      tr.append(dayCell);
+      const cells = [["Model", r.model], ["Requests", number(r.requests)], ["Prompt tokens", number(r.prompt_tokens)],
+        ["Completion tokens", number(r.completion_tokens)], ["Cost", money(r.cost)]];
+      for (const [label, value] of cells) {
+        const td = el("td", value);
+        td.dataset.label = label;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  }
+
+  // Stacked bars of prompt + completion tokens per day and model.
+  function drawChart(data, series) {
     const chart = $("chart");
-    chart.replaceChildren();
     if (!data.rows.length) {
-      chart.append(el("p", "No usage in the last 30 days yet.", "muted"));
+      chart.replaceChildren(el("p", "No usage in the last 30 days yet.", "muted"));
+      $("usage-range").textContent = "Tokens per day over the last 30 days (UTC), by model.";
       return;
     }
-    // Drawn at the container's own width, so labels keep their size on a phone.
-    const width = Math.max(300, Math.round(chart.clientWidth || 720)), height = 260;
-    const left = 56, bottom = 24, top = 10, right = 8;
-    const perDay = new Map(data.days.map((d) => [d, []]));
-    for (const row of data.rows) {
-      if (perDay.has(row.day)) perDay.get(row.day).push(row);
-    }
-    const totals = data.days.map((d) => perDay.get(d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0));
-    const max = Math.max(1, ...totals);
-    const svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", "Tokens per day");
-    const plotH = height - top - bottom;
-    const slot = (width - left - right) / data.days.length;
-    const labelEvery = Math.max(1, Math.ceil(48 / slot));
-    const add = (tag, attrs, text) => {
-      const node = document.createElementNS(SVG, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-      if (text !== undefined) node.textContent = text;
-      svg.append(node);
-      return node;
-    };
-    for (const frac of [0, 0.5, 1]) {
-      const y = top + plotH * (1 - frac);
-      add("line", { x1: left, x2: width - right, y1: y, y2: y, class: "grid" });
-      add("text", { x: left - 6, y: y + 4, class: "axis", "text-anchor": "end" }, number(max * frac));
-    }
-    data.days.forEach((d, i) => {
-      let y = top + plotH;
-      const x = left + i * slot + slot * 0.15;
-      for (const row of perDay.get(d).sort((a, b) => models.indexOf(a.model) - models.indexOf(b.model))) {
-        const tokens = row.prompt_tokens + row.completion_tokens;
-        const h = (tokens / max) * plotH;
-        y -= h;
-        const rect = add("rect", { x, y, width: slot * 0.7, height: Math.max(h, 0.5), fill: color(row.model) });
-        const title = document.createElementNS(SVG, "title");
-        title.textContent = `${d} ${row.model}: ${number(tokens)} tokens, ${money(row.cost)}`;
-        rect.append(title);
-      }
-      if ((data.days.length - 1 - i) % labelEvery === 0) {
-        add("text", { x: x + slot * 0.35, y: height - 6, class: "axis", "text-anchor": "middle" }, d.slice(5));
-      }
+    const days = chartDays(data);
+    const byDay = new Map(days.map((d) => [d, []]));
+    for (const row of data.rows) if (byDay.has(row.day)) byDay.get(row.day).push(row);
+    const id = new Map(series.map((s) => [s.name, s.id]));
+    const tokens = (r) => r.prompt_tokens + r.completion_tokens;
+    const dayTotal = (d) => byDay.get(d).reduce((sum, r) => sum + tokens(r), 0);
+    const busiest = days.reduce((best, d) => (dayTotal(d) > dayTotal(best) ? d : best), days[0]);
+    const range = `${days[0]} to ${days[days.length - 1]}`;
+    $("usage-range").textContent = `Tokens per day (UTC), by model, ${range}.`;
+    window.gatewayChart.draw(chart, {
+      days,
+      series,
+      values: (d) => Object.fromEntries(byDay.get(d).map((r) => [id.get(r.model), tokens(r)])),
+      tooltip: (d) => `${d}: ` + byDay.get(d).map((r) => `${r.model} ${number(tokens(r))} tokens, ${money(r.cost)}`)
+        .join("; "),
+      label: `Bar chart of tokens per day by model, ${range}: ${number(data.totals.prompt_tokens +
+        data.totals.completion_tokens)} tokens in all, most on ${busiest} (${number(dayTotal(busiest))}). ` +
+        "The numbers per day are in the table below the chart.",
     });
-    chart.append(svg);
   }
 
   // --- start -------------------------------------------------------------------------------
@@ -339,8 +383,9 @@
       await api("POST", "terms", { version: me.terms.version });
       me.terms.accepted = true;
       renderTerms();
-      window.location.hash = "#keys";
-      route();
+      window.history.replaceState(null, "", "#keys");
+      route(true);
+      announce("Terms accepted.");
     } catch (err) {
       showError(err.message);
     }
@@ -352,8 +397,14 @@
     $("new-key-value").textContent = "";
     $("example-curl").textContent = "";
     $("example-python").textContent = "";
+    $("copied").textContent = "";
+    focusOn($("keys-title"));
   });
-  window.addEventListener("hashchange", () => me && route());
+  $("skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    focusOn($("main"));
+  });
+  window.addEventListener("hashchange", () => me && route(true));
   window.addEventListener("resize", () => redrawUsage && !$("view-usage").hidden && redrawUsage());
   start();
 })();

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from llmgateway.cli import CliError, parse_time
-from tests.conftest import model_toml
+from tests.conftest import ROOT, model_toml
 
 
 @pytest.fixture
@@ -141,3 +145,32 @@ def test_limits_and_rollups_bad_input(gw, args: list[str], message: str) -> None
 def test_rollups_rebuild_from_the_cli(gw) -> None:
     result = gw.cli("rollups", "rebuild", "--since", "2d")
     assert "hour: 0 rows" in result.stderr and "day: 0 rows" in result.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmgateway", *args], capture_output=True, text=True, timeout=60,
+                          check=False, cwd=ROOT)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: tmp, "is a directory, not a TOML file"),
+    (lambda tmp: tmp / "missing.toml", "does not exist"),
+    (lambda tmp: (tmp / "latin1.toml").write_bytes(b"title = '\xe9'\n") and tmp / "latin1.toml", "is not UTF-8 text"),
+    (lambda tmp: (tmp / "file").write_text("x") and tmp / "file" / "gateway.toml", "cannot be read: Not a directory"),
+])
+def test_a_config_path_that_is_no_config_file_gets_one_line(tmp_path: Path, make, message: str) -> None:
+    path = make(tmp_path)
+    for command in (["serve"], ["keys", "list"]):
+        result = run_cli(*command, "--config", str(path))
+        assert result.returncode == 2
+        assert result.stderr == f"llmgateway: config file {str(path)!r} {message}\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_config_file_gets_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text("")
+    path.chmod(0)
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == f"llmgateway: config file {str(path)!r} cannot be read: Permission denied\n"
