@@ -1,5 +1,6 @@
 """Admin changes on one replica reach the others without a restart: models at once through Redis
-(or within `admin.catalog_refresh_seconds` without it), a disabled person at once through Redis."""
+(or within `admin.catalog_refresh_seconds` without it), a disabled person at once through Redis,
+and an admin who lost the role has no working token left on any replica."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .admin_client import BOOTSTRAP, AdminClient
+from .admin_client import BOOTSTRAP, AdminClient, first_admin
 from .conftest import GatewayProcess, MockUpstream, RedisServer, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -36,7 +37,7 @@ def test_with_redis_model_and_person_changes_reach_the_other_replica_at_once(
     a, b = two_replicas(start_gateway, upstream, tmp_path, extra)
     key = a.create_key("olga")
     assert served(b, key) == ["config-model"]
-    admin = AdminClient(a, token=BOOTSTRAP)
+    admin = first_admin(a)
     admin.ok("POST", "/models", {"id": "new-model", "upstreams": [upstream.url]}, 201)
     started = time.monotonic()
     wait_for(lambda: served(b, key) == ["config-model", "new-model"], 2, what="model on the other replica")
@@ -64,8 +65,34 @@ def test_without_redis_the_catalog_refreshes_within_its_interval(
     upstream = start_mock()
     a, b = two_replicas(start_gateway, upstream, tmp_path, "[admin]\ncatalog_refresh_seconds = 1\n")
     key = a.create_key("pat")
-    AdminClient(a, token=BOOTSTRAP).ok("POST", "/models", {"id": "new-model", "upstreams": [upstream.url]}, 201)
+    first_admin(a).ok("POST", "/models", {"id": "new-model", "upstreams": [upstream.url]}, 201)
     assert served(a, key) == ["config-model", "new-model"]
     wait_for(lambda: served(b, key) == ["config-model", "new-model"], 5, what="model after one refresh")
     with pytest.raises(openai.NotFoundError):
         b.client(key).chat.completions.create(model="other-model", messages=HELLO)
+
+
+def test_a_removed_admins_token_is_refused_on_the_other_replica_within_a_second(
+        start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    upstream = start_mock()
+    extra = f'[redis]\nurl = "{redis_server.url}"\n[keys]\ncache_ttl_seconds = 300\n'
+    a, b = two_replicas(start_gateway, upstream, tmp_path, extra)
+    root = first_admin(a)
+    ops = AdminClient(b, token=root.ok("POST", "/tokens", {"name": "ops-by-root"}, 201)["token"])
+    # olga becomes an admin (granted), makes a token, and loses the role on replica a
+    a.cli("admin", "grant", "olga")
+    olga_token = a.cli("admin", "token", "create", "--name", "olga-ci", "--owner", "olga").stdout.strip()
+    on_b = AdminClient(b, token=olga_token)
+    assert on_b.ok("GET", "/me")["person"] == "olga"
+    assert ops.ok("GET", "/users/olga")["admin"] is True
+    root.ok("PATCH", "/users/olga", {"admin": False})
+    started = time.monotonic()
+    wait_for(lambda: on_b.call("GET", "/users")[0] == 401, 1, what="removed admin's token refused on b")
+    assert time.monotonic() - started < 1
+    code, answer = on_b.call("GET", "/users")
+    assert "not an administrator any more" in answer["error"]["message"]
+    root.ok("PATCH", "/users/olga", {"admin": True, "disabled": True})
+    assert on_b.call("GET", "/me")[0] == 401, "a disabled admin's token is refused too"
+    root.ok("PATCH", "/users/olga", {"disabled": False})
+    assert on_b.ok("GET", "/me")["person"] == "olga"
