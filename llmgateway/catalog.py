@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from . import inputs
+from . import destinations, inputs
 from .config import MODEL_KINDS, MODEL_LIMIT_NAMES, Config, ConfigError, ModelConfig, _parse_model, resolve_secret
 from .errors import GatewayError, bad_request
 from .records import ModelRecord
@@ -110,16 +111,24 @@ def _check_upstreams(value: Any) -> list[dict[str, Any]]:
 
 
 def to_model_config(model_id: str, settings: Mapping[str, Any], config: Config) -> ModelConfig:
-    """The settings, checked by the config file's parser: a 400 naming the field if it refuses them."""
+    """The settings, checked by the config file's parser and the operator's rules on where calls
+    and secrets may go (`destinations`): a 400 naming the field if either refuses them.
+
+    An API model inherits no secret: `upstream.default_api_key_env` is for configured models.
+    """
     raw = {"id": model_id, **settings}
     if "upstreams" in raw:
         raw["upstreams"] = [dict(u) for u in raw["upstreams"]]
     try:
-        return _parse_model(raw, 0, config.upstream)
+        model = _parse_model(raw, 0, replace(config.upstream, default_api_key_env=""))
     except ConfigError as exc:
         message = str(exc).replace(f"models[0] ({model_id}).", "", 1)
         field = next((f for f in FIELDS if message.startswith(f)), None)
         raise bad_request(message[:1].upper() + message[1:] + ".", field) from None
+    field, reason = destinations.check_api_model(model, config)
+    if reason:
+        raise bad_request(reason[:1].upper() + reason[1:] + ".", field)
+    return model
 
 
 def check_loadable(model: ModelConfig) -> str:
