@@ -170,5 +170,7 @@ def test_development_login_is_marked_on_every_page(page: Page, start_gateway: Ca
     expect(page.locator("#terms-version")).to_have_text("2026-11")
     shoot(page, tmp_path, "dev-portal-terms")
     page.goto(gw.url + "/portal/logout")
+    expect(page.locator("h1")).to_have_text("Log out")
+    page.click("#logout-confirm")
     expect(page.locator(".dev-banner")).to_be_visible()
     expect(page.locator("h1")).to_have_text("You are logged out")
