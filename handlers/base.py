@@ -211,6 +211,7 @@ class SessionHandler(BaseHandler):
     def initialize(self, gateway: Gateway, portal: Portal) -> None:  # type: ignore[override]
         self.gateway = gateway
         self.portal = portal
+        self.set_header("Content-Security-Policy", self.content_policy())
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -218,8 +219,16 @@ class SessionHandler(BaseHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("Content-Security-Policy",
-                        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        self.set_header("Content-Security-Policy", self.content_policy())
+
+    def content_policy(self) -> str:
+        """Same-origin everything, except that a form may end at the IdP's logout service:
+        logging out is a POST redirected there, and browsers check form-action on every redirect
+        of a submission. (Tornado sets default headers before `initialize`, hence the getattr.)"""
+        portal: Portal | None = getattr(self, "portal", None)
+        idp = portal.sp.logout_origin if portal is not None and portal.sp is not None else ""
+        return ("default-src 'self'; base-uri 'none'; "
+                f"form-action 'self'{' ' + idp if idp else ''}; frame-ancestors 'none'")
 
     def check_xsrf_cookie(self) -> None:
         """Every state-changing request of a logged-in browser carries the XSRF token."""

@@ -213,6 +213,14 @@ class ServiceProvider:
             "validate_signature_from_qs": bool(query_string),
         }
 
+    @property
+    def logout_origin(self) -> str:
+        """The origin of the IdP's single logout service ('' if none): the logout form's POST is
+        redirected there, so pages must allow it as a form action."""
+        url = self.settings.get_idp_data().get("singleLogoutService", {}).get("url") or ""
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
+
     def _auth(self, data: dict[str, Any]) -> OneLogin_Saml2_Auth:
         return OneLogin_Saml2_Auth(data, self.settings)
 
