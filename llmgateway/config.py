@@ -66,6 +66,8 @@ class UpstreamConfig:
 class KeysConfig:
     cache_ttl_seconds: float = 10.0
     negative_ttl_seconds: float = 5.0
+    cache_max_entries: int = 100_000
+    negative_max_entries: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -237,10 +239,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         )
 
     keys_raw = _table(raw, "keys")
-    _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds"})
+    _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds", "cache_max_entries",
+                                       "negative_max_entries"})
     keys = KeysConfig(
         cache_ttl_seconds=_number(keys_raw, "keys.cache_ttl_seconds", 10.0),
         negative_ttl_seconds=_number(keys_raw, "keys.negative_ttl_seconds", 5.0),
+        cache_max_entries=_int(keys_raw, "keys.cache_max_entries", 100_000, minimum=1),
+        negative_max_entries=_int(keys_raw, "keys.negative_max_entries", 100_000, minimum=1),
     )
 
     usage_raw = _table(raw, "usage")

@@ -4,6 +4,7 @@ and an admin who lost the role has no working token left on any replica."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,3 +97,41 @@ def test_a_removed_admins_token_is_refused_on_the_other_replica_within_a_second(
     assert on_b.call("GET", "/me")[0] == 401, "a disabled admin's token is refused too"
     root.ok("PATCH", "/users/olga", {"disabled": False})
     assert on_b.ok("GET", "/me")["person"] == "olga"
+
+
+def test_a_change_whose_announcement_was_lost_reaches_every_replica_within_the_reconcile_interval(
+        start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Changes written straight into the shared store are announced by no one: the reconciliation
+    job must find them (the README's bound: `redis.reconcile_interval_seconds`, here 1 s, plus a run)."""
+    upstream = start_mock()
+    extra = (f'[redis]\nurl = "{redis_server.url}"\nreconcile_interval_seconds = 1\n'
+             "[keys]\ncache_ttl_seconds = 300\n")
+    a, b = two_replicas(start_gateway, upstream, tmp_path, extra)
+    key = a.create_key("pia")
+    for gw in (a, b):
+        assert gw.client(key).chat.completions.create(model="config-model", messages=HELLO).usage
+    bound = 1 + 2  # the interval, a run, and the time the calls below take
+
+    def store(sql: str) -> None:
+        with sqlite3.connect(tmp_path / "shared.db", timeout=10) as conn:
+            conn.execute(sql)
+
+    def status(gw: GatewayProcess) -> int:
+        try:
+            gw.client(key).chat.completions.create(model="config-model", messages=HELLO)
+        except openai.APIStatusError as err:
+            return err.status_code
+        return 200
+
+    store("UPDATE api_keys SET models = '[\"another-model\"]' WHERE owner = 'pia'")
+    started = time.monotonic()
+    wait_for(lambda: status(a) == status(b) == 403, bound, what="narrowed models on both replicas")
+    assert time.monotonic() - started < bound
+    store("UPDATE api_keys SET models = '[]' WHERE owner = 'pia'")
+    wait_for(lambda: status(a) == status(b) == 200, bound, what="widened models on both replicas")
+    store("UPDATE users SET disabled = 1 WHERE username = 'pia'")
+    started = time.monotonic()
+    wait_for(lambda: status(a) == status(b) == 401, bound, what="disabled person on both replicas")
+    assert time.monotonic() - started < bound
+    assert "reconciliation dropped" in a.log() + b.log()
