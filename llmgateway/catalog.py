@@ -21,6 +21,7 @@ from . import destinations, inputs
 from .config import MODEL_KINDS, MODEL_LIMIT_NAMES, Config, ConfigError, ModelConfig, _parse_model, resolve_secret
 from .errors import GatewayError, bad_request
 from .records import ModelRecord
+from .redact import redact_url, restore
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 MAX_UPSTREAMS = 32
@@ -64,6 +65,9 @@ def check_settings(body: Any, config: Config, base: Mapping[str, Any] | None = N
     for name, value in body.items():
         if name != "id":
             settings[name] = _check_field(name, value, config)
+    if base is not None and "upstreams" in body and "upstreams" in base:
+        stored = [u["url"] for u in base["upstreams"]]
+        settings["upstreams"] = [{**u, "url": restore(u["url"], stored)} for u in settings["upstreams"]]
     return settings
 
 
@@ -159,12 +163,13 @@ def build(config: Config, records: list[ModelRecord]) -> tuple[list[tuple[ModelC
 
 
 def view(model: ModelConfig, source: str, record: ModelRecord | None = None, problem: str | None = None) -> dict:
-    """A model as the admin API shows it (never a secret: only the name of its variable)."""
+    """A model as the admin API shows it (never a secret: only the name of its variable, and its
+    URLs without credentials)."""
     return {
         "id": model.id,
         "source": source,
         "read_only": source == "config",
-        "upstreams": [{"url": u.url, "weight": u.weight} for u in model.upstreams],
+        "upstreams": [{"url": redact_url(u.url), "weight": u.weight} for u in model.upstreams],
         "upstream_model": model.upstream_model,
         "kind": model.kind,
         "api_key_env": model.api_key_env,

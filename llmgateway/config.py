@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .redact import redact_url
+
 if TYPE_CHECKING:
     from .portal_config import PortalConfig
 
@@ -463,9 +465,9 @@ def resolve_secret(model: ModelConfig, environ: Mapping[str, str] | None = None)
 def _check_url(url: str, name: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: {url!r} is not an http(s) URL")
+        raise ConfigError(f"{name}: {redact_url(url)!r} is not an http(s) URL")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{name}: {url!r} must not carry a query or fragment")
+        raise ConfigError(f"{name}: {redact_url(url)!r} must not carry a query or fragment")
 
 
 def _table(raw: Mapping[str, Any], name: str) -> dict:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import openai
 import pytest
 
 from .admin_client import ADMIN_EXTRA, BOOTSTRAP, error_of, first_admin
@@ -114,3 +115,28 @@ def test_metadata_and_link_local_addresses_are_refused_even_when_every_host_is_a
     assert admin.ok("GET", "/models/m")["upstreams"] == [{"url": mock.url, "weight": 1.0}]
     key = gw.create_key("alice")
     assert gw.client(key).chat.completions.create(model="m", messages=HELLO).usage.total_tokens > 0
+
+
+def test_credentials_in_upstream_urls_are_never_shown_or_logged(
+        start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream]) -> None:
+    mock = start_mock()
+    gw = start_gateway(model_toml("config-model", [mock.url]),
+                       extra=ADMIN_EXTRA + '[admin]\nmodel_hosts = ["127.0.0.1"]\n',
+                       env={"LLMGW_ADMIN_TOKEN": BOOTSTRAP})
+    admin = first_admin(gw)
+    with_password = mock.url.replace("http://", "http://proxyuser:pw-s3cret@")
+    closed = f"http://proxyuser:pw-s3cret@127.0.0.1:{free_port()}"
+    shown = admin.ok("POST", "/models", {"id": "m", "upstreams": [with_password]}, 201)
+    assert shown["upstreams"] == [{"url": mock.url.replace("http://", "http://***@"), "weight": 1.0}]
+    changed = admin.ok("PATCH", "/models/m", {"upstreams": shown["upstreams"], "prompt_cost_per_1k": 1})
+    assert changed["upstreams"] == shown["upstreams"], "the redacted URL sent back keeps the stored one"
+    key = gw.create_key("alice")
+    assert gw.client(key).chat.completions.create(model="m", messages=HELLO).usage.total_tokens > 0
+    assert mock.requests()[-1]["headers"].get("Authorization", "").startswith("Basic "), "the credentials still work"
+    admin.ok("POST", "/models", {"id": "down", "upstreams": [closed]}, 201)
+    with pytest.raises(openai.APIStatusError) as refused:
+        gw.client(key).chat.completions.create(model="down", messages=HELLO)
+    assert refused.value.status_code == 502
+    assert "unreachable" in gw.log()
+    seen = json.dumps([admin.ok("GET", "/models"), admin.ok("GET", "/audit")]) + gw.log()
+    assert "pw-s3cret" not in seen and "proxyuser" not in seen

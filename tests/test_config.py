@@ -90,6 +90,13 @@ def test_invalid_settings_are_named(raw: dict, named: str) -> None:
         parse_config(raw)
 
 
+def test_credentials_in_a_bad_url_are_not_quoted() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"models": [{"id": "a", "upstreams": ["ftp://user:pw-s3cret@h/v1"]}]})
+    assert "upstreams[0]" in str(refused.value) and "***@h" in str(refused.value)
+    assert "pw-s3cret" not in str(refused.value) and "user" not in str(refused.value)
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "none.toml"), environ={})
