@@ -8,6 +8,7 @@ from tornado.web import StaticFileHandler
 
 from llmgateway.admin import Admin
 from llmgateway.gateway import Gateway
+from llmgateway.identity import Callers
 from llmgateway.portal import Portal
 
 from . import portal as portal_door
@@ -30,7 +31,9 @@ def make_app(gateway: Gateway, portal: Portal | None = None, admin: Admin | None
         (r"/v1/models/(.+)", ModelsHandler, args),
         (r"/v1/(.+)", ProxyHandler, args),
     ]
-    routes += admin_routes(gateway, admin or Admin(gateway, None), portal)
+    admin = admin or Admin(gateway, None)
+    routes += admin_routes(gateway, admin, portal)
+    settings["callers"] = Callers(gateway, portal, admin.bootstrap_hash)
     if portal is not None:
         routes += portal_routes(gateway, portal)
         settings.update(xsrf_cookies=True,

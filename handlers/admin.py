@@ -1,9 +1,10 @@
 """The admin door: the REST API under /admin/api/v1 (with its OpenAPI document) and the admin UI page.
 
-A request is an admin's if it carries an admin bearer token (checked first: a browser never adds
-one by itself, so no XSRF token is needed), or else the session cookie of a person with the admin
-role, and then every state-changing call must carry the XSRF token (`X-XSRFToken`). Errors come
-back in the OpenAI error shape, as on /v1 and in the portal.
+Who is calling comes from the one lookup every door uses (`llmgateway.identity`): an admin
+bearer token (checked first: a browser never adds one by itself, so no XSRF token is needed), or
+else the session cookie of a person with the admin role, and then every state-changing call must
+carry the XSRF token (`X-XSRFToken`). The bootstrap token reaches only the routes that declare
+`bootstrap_methods`. Errors come back in the OpenAI error shape, as on /v1 and in the portal.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 from tornado.web import HTTPError, RequestHandler
 
 from llmgateway.admin import Admin
-from llmgateway.admin_auth import require_admin
 from llmgateway.audit import Actor
+from llmgateway.caller import ADMIN, Caller
 from llmgateway.errors import GatewayError, bad_request
 from llmgateway.gateway import Gateway
 from llmgateway.jsonbody import load_json
-from llmgateway.portal import Portal, Session
+from llmgateway.portal import Portal
 from llmgateway.sessions import SESSION_COOKIE
 
 from .admin_spec import spec
@@ -37,7 +38,9 @@ class AdminApiHandler(BodyReader, BaseHandler):
 
     admin: Admin
     portal: Portal | None
-    actor: Actor
+    caller: Caller
+    bootstrap_methods: tuple[str, ...] = ()
+    """The methods of this route the bootstrap token may call (see `llmgateway.admin_auth`)."""
 
     def initialize(self, gateway: Gateway, admin: Admin, portal: Portal | None) -> None:  # type: ignore[override]
         self.gateway = gateway
@@ -56,17 +59,22 @@ class AdminApiHandler(BodyReader, BaseHandler):
         source = self.request.remote_ip or ""
         authorization = self.request.headers.get("Authorization")
         try:
-            if authorization is not None or self.portal is None:
-                self.actor = await self.admin.authenticate(authorization or "", source)
-            else:
-                session: Session | None = await self.portal.session(self.get_cookie(SESSION_COOKIE))
-                self.actor = require_admin(session.user if session else None, source)
-                if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-                    RequestHandler.check_xsrf_cookie(self)
+            self.caller = await self.callers.admin(authorization, self.get_cookie(SESSION_COOKIE), source)
+            if self.caller.session is not None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                RequestHandler.check_xsrf_cookie(self)
+            if not self.caller.may(ADMIN) and self.request.method not in self.bootstrap_methods:
+                raise GatewayError(403, "The bootstrap token only makes the first admin: POST /tokens with "
+                                   '{"name", "owner"}; then use that admin\'s token.', "permission_error",
+                                   "bootstrap_only")
         except (GatewayError, HTTPError) as exc:
             self.refuse(exc)
             return
         self.check_content_length()
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit log records for this call."""
+        return self.caller.actor
 
     def args(self) -> dict[str, str | None]:
         """The query as sent (Tornado's own getters turn control characters into spaces, which
@@ -88,8 +96,12 @@ class AdminApiHandler(BodyReader, BaseHandler):
 
 
 class MeHandler(AdminApiHandler):
+    bootstrap_methods = ("GET",)
+
     def get(self) -> None:
-        self.write_json({"actor": self.actor.name, "via": self.actor.via})
+        caller = self.caller
+        self.write_json({"actor": caller.actor.name, "via": caller.actor.via, "person": caller.person,
+                         "rights": sorted(caller.rights), "expires": caller.expires})
 
 
 class OpenApiHandler(AdminApiHandler):
@@ -107,7 +119,7 @@ class UserHandler(AdminApiHandler):
         self.write_json(await self.admin.show_user(username))
 
     async def patch(self, username: str) -> None:
-        self.write_json(await self.admin.update_user(self.actor, username, self.body()))
+        self.write_json(await self.admin.update_user(self.caller, username, self.body()))
 
 
 class KeysHandler(AdminApiHandler):
@@ -178,11 +190,13 @@ class AuditHandler(AdminApiHandler):
 
 
 class TokensHandler(AdminApiHandler):
+    bootstrap_methods = ("POST",)
+
     async def get(self) -> None:
         self.write_json(await self.admin.list_tokens())
 
     async def post(self) -> None:
-        self.write_json(await self.admin.create_token(self.actor, self.body()), 201)
+        self.write_json(await self.admin.create_token(self.caller, self.body()), 201)
 
 
 class TokenRevokeHandler(AdminApiHandler):
@@ -197,7 +211,7 @@ class AdminPageHandler(PageHandler):
         if self.session is None:
             self.redirect(self.login_url("/admin"))
             return
-        if not self.session.user.admin:
+        if self.caller is None or not self.caller.may(ADMIN):
             self.message_page(403, "Administrators only", "You are logged in, but you are not an administrator of "
                               "this service.", self.path("/portal"), "Back to your keys")
             return

@@ -7,11 +7,13 @@ schemathesis against a live gateway with it, so a difference between the two fai
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from llmgateway.audit import VIAS
 from llmgateway.catalog import MAX_UPSTREAMS, secret_envs
 from llmgateway.config import LIMIT_NAMES, MODEL_KINDS, MODEL_LIMIT_NAMES, Config
+from llmgateway.destinations import ANY_HOST, model_hosts
 from llmgateway.inputs import MAX_EXPIRY_DAYS, MAX_LIMIT_VALUE, MAX_NAME, MAX_OFFSET, MAX_PAGE, MAX_TEXT
 from llmgateway.store.base import GROUPS, KEY_STATUSES, REPORT_ORDERS
 
@@ -147,7 +149,11 @@ AUDIT = obj({
 })
 TOKEN = obj({
     "id": {"type": "string"}, "name": {"type": "string"}, "prefix": {"type": "string"},
-    "created_by": {"type": "string"}, "created": {"type": "number"}, "expires": TIME, "last_used": TIME,
+    "created_by": {"type": "string"},
+    "owner": {"type": "string", "description": "The admin whose current rights the token acts with."},
+    "parent": {"type": "string", "nullable": True,
+               "description": "The token that made it: it stops with its parent and never outlives it."},
+    "created": {"type": "number"}, "expires": TIME, "last_used": TIME,
     "status": {"type": "string", "enum": list(KEY_STATUSES)},
 })
 
@@ -155,7 +161,11 @@ SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": obj({"message": {"type": "string"}, "type": {"type": "string"},
                                 "param": {"type": "string", "nullable": True},
                                 "code": {"type": "string", "nullable": True}})}),
-    "Me": obj({"actor": {"type": "string"}, "via": {"type": "string", "enum": ["api", "ui"]}}),
+    "Me": obj({"actor": {"type": "string"}, "via": {"type": "string", "enum": ["api", "ui"]},
+               "person": {"type": "string", "nullable": True,
+                          "description": "Whose rights apply (null for the bootstrap token)."},
+               "rights": {"type": "array", "items": {"type": "string", "enum": ["admin", "bootstrap", "portal"]}},
+               "expires": {**TIME, "description": "When this credential ends (tokens it makes end by then)."}}),
     "User": USER,
     "UserDetail": obj({**USER["properties"], "keys": obj({"active": {"type": "integer"}, "total": {"type": "integer"}}),
                        "quota": QUOTA}),
@@ -255,7 +265,9 @@ PATHS: dict[str, Any] = {
         query("target", TEXT), query("via", {"type": "string", "enum": list(VIAS)}), *RANGE, *PAGING])},
     "/tokens": {
         "get": op("Admin tokens", "TokenList"),
-        "post": op("Create an admin token (shown once)", "TokenCreated", "201", body="TokenCreate"),
+        "post": op("Create an admin token of the calling admin (shown once); one made by a token expires by its "
+                   "parent's expiry. The bootstrap token instead sends {\"name\", \"owner\"}: the owner becomes "
+                   "the first admin", "TokenCreated", "201", body="TokenCreate", errors=("409",)),
     },
     "/tokens/{token_id}/revoke": {
         "parameters": [path("token_id")],
@@ -274,12 +286,29 @@ BASE: dict[str, Any] = {
         "schemas": SCHEMAS,
         "securitySchemes": {
             "adminToken": {"type": "http", "scheme": "bearer",
-                           "description": "An admin token, or the bootstrap token from admin.bootstrap_token_env."},
+                           "description": "An admin token (acts with its owner's current rights), or the bootstrap "
+                                          "token from admin.bootstrap_token_env (only GET /me and making the "
+                                          "first admin's token, until an admin exists)."},
             "session": {"type": "apiKey", "in": "cookie", "name": "llmgw_session",
                         "description": "A portal session of an admin; changes need the X-XSRFToken header."},
         },
     },
 }
+
+
+def url_pattern(hosts: tuple[str, ...]) -> str:
+    """A URL pattern that admits only these hosts (`host:port`, or `host` for any port)."""
+    choices = []
+    for entry in hosts:
+        host, _, port = entry.rpartition(":") if not entry.endswith("]") and ":" in entry else (entry, "", "")
+        name = re.escape(host)
+        if not port:
+            choices.append(f"https?://{name}(:[0-9]{{1,5}})?")
+            continue
+        choices.append(f"https?://{name}:{port}")
+        if port in ("80", "443"):
+            choices.append(f"{'http' if port == '80' else 'https'}://{name}")
+    return rf"^({'|'.join(choices) or '(?!)'})(/[A-Za-z0-9._~/-]*)?$"
 
 
 def spec(config: Config, model_ids: list[str]) -> dict[str, Any]:
@@ -294,5 +323,13 @@ def spec(config: Config, model_ids: list[str]) -> dict[str, Any]:
         schemas[name]["properties"]["api_key_env"]["enum"] = ["", *sorted(secret_envs(config))]
     if not config.upstream.default_url:
         schemas["ModelCreate"]["required"] = ["id", "upstreams"]
+    hosts = model_hosts(config)
+    if ANY_HOST not in hosts:
+        url = {**URL, "pattern": url_pattern(hosts),
+               "description": "On a host of admin.model_hosts (and, with api_key_env, of its secret's hosts)."}
+        upstream = {"oneOf": [url, {**UPSTREAM["oneOf"][1], "properties": {**UPSTREAM["oneOf"][1]["properties"],
+                                                                            "url": url}}]}
+        for name in ("ModelCreate", "ModelChange"):
+            schemas[name]["properties"]["upstreams"] = {**MODEL_FIELDS["upstreams"], "items": upstream}
     schemas["TokenCreate"]["properties"]["expires_days"]["maximum"] = config.admin.max_token_days
     return doc

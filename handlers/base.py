@@ -1,4 +1,4 @@
-"""What every handler shares: the gateway object and OpenAI-style error rendering."""
+"""What every handler shares: the gateway object, who is calling, and OpenAI-style error rendering."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from llmgateway.caller import Caller
 from llmgateway.errors import GatewayError, error_body
 from llmgateway.gateway import Gateway
+from llmgateway.identity import Callers
 from llmgateway.portal import Portal, Session
 from llmgateway.sessions import SESSION_COOKIE
 
@@ -37,6 +39,11 @@ class BaseHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+
+    @property
+    def callers(self) -> Callers:
+        """The one answer to "who is calling?" for every door (see `llmgateway.identity`)."""
+        return self.application.settings["callers"]
 
     def check_xsrf_cookie(self) -> None:
         """The API door authenticates with a bearer key, which a browser never adds by itself, so
@@ -199,10 +206,12 @@ class SessionHandler(BaseHandler):
 
     portal: Portal
     session: Session | None = None
+    caller: Caller | None = None
 
     def initialize(self, gateway: Gateway, portal: Portal) -> None:  # type: ignore[override]
         self.gateway = gateway
         self.portal = portal
+        self.set_header("Content-Security-Policy", self.content_policy())
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -210,17 +219,25 @@ class SessionHandler(BaseHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("Content-Security-Policy",
-                        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        self.set_header("Content-Security-Policy", self.content_policy())
+
+    def content_policy(self) -> str:
+        """Same-origin everything, except that a form may end at the IdP's logout service:
+        logging out is a POST redirected there, and browsers check form-action on every redirect
+        of a submission. (Tornado sets default headers before `initialize`, hence the getattr.)"""
+        portal: Portal | None = getattr(self, "portal", None)
+        idp = portal.sp.logout_origin if portal is not None and portal.sp is not None else ""
+        return ("default-src 'self'; base-uri 'none'; "
+                f"form-action 'self'{' ' + idp if idp else ''}; frame-ancestors 'none'")
 
     def check_xsrf_cookie(self) -> None:
         """Every state-changing request of a logged-in browser carries the XSRF token."""
         RequestHandler.check_xsrf_cookie(self)
 
     async def prepare(self) -> None:
-        self.session = await self.portal.session(self.get_cookie(SESSION_COOKIE))
-        if self.session is not None:
-            self.current_user = self.session.user
+        self.caller = await self.callers.session(self.get_cookie(SESSION_COOKIE), self.request.remote_ip or "")
+        if self.caller is not None:
+            self.session = self.caller.session
 
     def get_template_path(self) -> str:
         return str(TEMPLATES)

@@ -19,7 +19,9 @@ class ModelsHandler(BaseHandler):
 
     async def get(self, model_id: str | None = None) -> None:
         try:
-            key, _ = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            caller = await self.callers.api_key(self.request.headers.get("Authorization"))
+            key = caller.key
+            assert key is not None
             if model_id is None:
                 data = [_model(r.model.id) for r in self.gateway.router.visible() if key.allows(r.model.id)]
                 self.write_json({"object": "list", "data": data})
@@ -46,7 +48,9 @@ class ProxyHandler(BodyReader, BaseHandler):
         self.body_cap = self.gateway.config.server.max_body_bytes
         self.streaming = False
         try:
-            self.key, self.owner_limits = await self.gateway.authenticate(self.request.headers.get("Authorization"))
+            caller = await self.callers.api_key(self.request.headers.get("Authorization"))
+            assert caller.key is not None
+            self.key, self.owner_limits = caller.key, caller.owner_limits
             if self.request.method != "POST":
                 if self.request.path in KNOWN:
                     raise self.method_not_allowed()

@@ -144,8 +144,8 @@ class JsonHandler(BodyReader, SessionHandler):
     write_error = BaseHandler.write_error
 
     def actor(self) -> Actor:
-        assert self.session is not None
-        return Actor(self.session.user.username, "portal", self.request.remote_ip or "")
+        assert self.caller is not None
+        return self.caller.actor
 
 
 class MeHandler(JsonHandler):

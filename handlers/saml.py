@@ -106,10 +106,20 @@ class AcsHandler(SamlHandler):
 
 
 class LogoutHandler(SamlHandler):
-    """GET /saml/logout and /portal/logout: end the session here (for every replica at once),
-    then, after a SAML login, ask the IdP to end its session too (SP-initiated single logout)."""
+    """/saml/logout and /portal/logout: GET shows a page with the button, POST (with the XSRF
+    token, so no other site can log anyone out) ends the session here (for every replica at
+    once), then, after a SAML login, asks the IdP to end its session too (SP-initiated single
+    logout)."""
 
-    async def get(self) -> None:
+    def get(self) -> None:
+        if self.session is None:
+            self.redirect(self.path("/portal/logged-out"))
+            return
+        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the form sends back)
+        self.render_page("logout.html", heading="Log out", action=self.path(self.request.path),
+                         username=self.session.user.username)
+
+    async def post(self) -> None:
         session = self.session
         self.clear_private_cookie(SESSION_COOKIE)
         if session is None:

@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 from . import audit, inputs
-from .admin_auth import authenticate_token, make_token, token_view
+from .admin_auth import admin_exists, make_token, token_view
 from .admin_models import ModelAdmin
 from .admin_usage import UsageReports
 from .audit import VIAS, Actor
+from .caller import BOOTSTRAP, Caller
 from .errors import bad_request, conflict, not_found
 from .gateway import Gateway
 from .inputs import Args, page
@@ -40,11 +41,6 @@ class Admin:
         self.bootstrap_hash = bootstrap_hash
         self.models = ModelAdmin(gateway)
         self.usage = UsageReports(gateway)
-
-    async def authenticate(self, authorization: str, source: str) -> Actor:
-        """The admin behind a bearer token, or a 401."""
-        return await self.gateway.in_thread(authenticate_token, self.store, self.bootstrap_hash, authorization,
-                                            source)
 
     # --- people ---------------------------------------------------------------------------
 
@@ -81,8 +77,9 @@ class Admin:
         return {**self.user_view(user), "keys": {"active": active, "total": total},
                 "quota": await self.gateway.quota(username, user.limits)}
 
-    async def update_user(self, actor: Actor, username: str, body: Any) -> dict[str, Any]:
+    async def update_user(self, caller: Caller, username: str, body: Any) -> dict[str, Any]:
         """Grant or remove the admin role, disable or enable, replace limit overrides: all or nothing."""
+        actor = caller.actor
         body = inputs.object_body(body, {"admin", "disabled", "limits"})
         changes: dict[str, Any] = {}
         if "admin" in body:
@@ -94,7 +91,7 @@ class Admin:
         if not changes:
             raise bad_request("Send at least one of admin, disabled, limits.")
         user = await self._user(username)
-        if username == actor.name and (changes.get("admin_granted") is False or changes.get("disabled")):
+        if username == caller.person and (changes.get("admin_granted") is False or changes.get("disabled")):
             raise conflict("You cannot remove your own admin role or disable yourself; ask another admin.",
                            "self_change", "admin" if "admin_granted" in changes else "disabled")
         if changes.get("admin_granted") is False and user.is_admin:
@@ -184,18 +181,53 @@ class Admin:
         now = time.time()
         return {"items": [token_view(t, now) for t in tokens], "total": len(tokens)}
 
-    async def create_token(self, actor: Actor, body: Any) -> dict[str, Any]:
+    async def create_token(self, caller: Caller, body: Any) -> dict[str, Any]:
+        """A token of the calling admin, shown once; a token made by a token never outlives it.
+
+        The bootstrap token names the `owner` instead: that person becomes the first admin (created
+        if they never logged in), and the bootstrap token stops working.
+        """
         config = self.gateway.config.admin
-        body = inputs.object_body(body, {"name", "expires_days"}, ("name",))
+        bootstrap = caller.may(BOOTSTRAP)
+        required = ("name", "owner") if bootstrap else ("name",)
+        body = inputs.object_body(body, {"name", "expires_days", "owner"}, required)
         name = inputs.key_name(body["name"])
         days = body.get("expires_days", config.token_days)
         if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= config.max_token_days:
             raise bad_request(f"expires_days must be a number of days from 1 to {config.max_token_days:g}.",
                               "expires_days")
-        token, record = make_token(name, actor.name, float(days))
+        if bootstrap:
+            owner = await self._first_admin(caller.actor, inputs.text(body["owner"], "owner").strip())
+        elif "owner" in body:
+            raise bad_request("A token belongs to the admin who makes it; only the bootstrap token names an owner.",
+                              "owner")
+        else:
+            owner = caller.person or ""
+        token, record = make_token(name, caller.actor.name, float(days), owner, caller.token_id, caller.expires)
         await self.gateway.in_thread(self.store.insert_admin_token, record)
-        await self.gateway.audit(actor, "token.create", record.id, {"name": name, "expires": record.expires})
+        await self.gateway.audit(caller.actor, "token.create", record.id,
+                                 {"name": name, "owner": owner, "expires": record.expires})
         return {"token": token, "record": token_view(record, time.time())}
+
+    async def _first_admin(self, actor: Actor, username: str) -> str:
+        """The bootstrap token's one act: grant the first admin the role (409 once anyone has it)."""
+        if not username or len(username) > 200:
+            raise bad_request("owner must name the person who becomes the first admin (1 to 200 characters).",
+                              "owner")
+
+        def grant() -> bool:
+            if admin_exists(self.store):
+                return False
+            if self.store.get_user(username) is None:
+                self.store.upsert_user(UserRecord(username, created=time.time()))
+            self.store.update_user(username, {"admin_granted": True})
+            return True
+
+        if not await self.gateway.in_thread(grant):
+            raise conflict("An admin exists already; the bootstrap token only makes the first one.",
+                           "bootstrap_spent", "owner")
+        await self.gateway.audit(actor, "user.update", username, {"changes": {"admin_granted": True}})
+        return username
 
     async def revoke_token(self, actor: Actor, token_id: str) -> dict[str, Any]:
         record = await self.gateway.in_thread(self.store.revoke_admin_token, token_id)

@@ -16,6 +16,7 @@ from .config import ModelConfig
 from .errors import GatewayError, conflict, not_found
 from .gateway import Gateway
 from .records import ModelRecord
+from .redact import redact_upstreams
 
 
 class ModelAdmin:
@@ -67,7 +68,7 @@ class ModelAdmin:
         if not await self.gateway.in_thread(self.store.insert_model, record):
             raise conflict(f"A model with the id {model_id!r} already exists.", "model_exists", "id")
         await self.gateway.models_saved()
-        await self.gateway.audit(actor, "model.create", model_id, settings)
+        await self.gateway.audit(actor, "model.create", model_id, _audited(settings))
         return self._view(record)
 
     async def update_model(self, actor: Actor, model_id: str, body: Any) -> dict[str, Any]:
@@ -79,7 +80,7 @@ class ModelAdmin:
         if not await self.gateway.in_thread(self.store.update_model, changed):
             raise not_found("model", "model_not_found")
         await self.gateway.models_saved()
-        await self.gateway.audit(actor, "model.update", model_id, {"changes": body})
+        await self.gateway.audit(actor, "model.update", model_id, {"changes": _audited(body)})
         return self._view(changed)
 
     async def delete_model(self, actor: Actor, model_id: str) -> dict[str, Any]:
@@ -89,3 +90,8 @@ class ModelAdmin:
         await self.gateway.models_saved()
         await self.gateway.audit(actor, "model.delete", model_id)
         return {"id": model_id, "deleted": True}
+
+
+def _audited(settings: dict[str, Any]) -> dict[str, Any]:
+    """Model settings as the audit log keeps them: URLs without credentials."""
+    return {**settings, "upstreams": redact_upstreams(settings["upstreams"])} if "upstreams" in settings else settings

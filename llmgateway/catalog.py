@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from . import inputs
+from . import destinations, inputs
 from .config import MODEL_KINDS, MODEL_LIMIT_NAMES, Config, ConfigError, ModelConfig, _parse_model, resolve_secret
 from .errors import GatewayError, bad_request
 from .records import ModelRecord
+from .redact import redact_url, restore
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 MAX_UPSTREAMS = 32
@@ -63,6 +65,9 @@ def check_settings(body: Any, config: Config, base: Mapping[str, Any] | None = N
     for name, value in body.items():
         if name != "id":
             settings[name] = _check_field(name, value, config)
+    if base is not None and "upstreams" in body and "upstreams" in base:
+        stored = [u["url"] for u in base["upstreams"]]
+        settings["upstreams"] = [{**u, "url": restore(u["url"], stored)} for u in settings["upstreams"]]
     return settings
 
 
@@ -110,16 +115,24 @@ def _check_upstreams(value: Any) -> list[dict[str, Any]]:
 
 
 def to_model_config(model_id: str, settings: Mapping[str, Any], config: Config) -> ModelConfig:
-    """The settings, checked by the config file's parser: a 400 naming the field if it refuses them."""
+    """The settings, checked by the config file's parser and the operator's rules on where calls
+    and secrets may go (`destinations`): a 400 naming the field if either refuses them.
+
+    An API model inherits no secret: `upstream.default_api_key_env` is for configured models.
+    """
     raw = {"id": model_id, **settings}
     if "upstreams" in raw:
         raw["upstreams"] = [dict(u) for u in raw["upstreams"]]
     try:
-        return _parse_model(raw, 0, config.upstream)
+        model = _parse_model(raw, 0, replace(config.upstream, default_api_key_env=""))
     except ConfigError as exc:
         message = str(exc).replace(f"models[0] ({model_id}).", "", 1)
         field = next((f for f in FIELDS if message.startswith(f)), None)
         raise bad_request(message[:1].upper() + message[1:] + ".", field) from None
+    field, reason = destinations.check_api_model(model, config)
+    if reason:
+        raise bad_request(reason[:1].upper() + reason[1:] + ".", field)
+    return model
 
 
 def check_loadable(model: ModelConfig) -> str:
@@ -150,12 +163,13 @@ def build(config: Config, records: list[ModelRecord]) -> tuple[list[tuple[ModelC
 
 
 def view(model: ModelConfig, source: str, record: ModelRecord | None = None, problem: str | None = None) -> dict:
-    """A model as the admin API shows it (never a secret: only the name of its variable)."""
+    """A model as the admin API shows it (never a secret: only the name of its variable, and its
+    URLs without credentials)."""
     return {
         "id": model.id,
         "source": source,
         "read_only": source == "config",
-        "upstreams": [{"url": u.url, "weight": u.weight} for u in model.upstreams],
+        "upstreams": [{"url": redact_url(u.url), "weight": u.weight} for u in model.upstreams],
         "upstream_model": model.upstream_model,
         "kind": model.kind,
         "api_key_env": model.api_key_env,

@@ -55,6 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     token = commands.add_parser("token", help="admin API tokens").add_subparsers(dest="token", required=True)
     create = token.add_parser("create", parents=[common], help="create an admin token; prints only the token")
     create.add_argument("--name", required=True, help="what the token is for")
+    create.add_argument("--owner", required=True,
+                        help="the admin it belongs to: it acts with their rights, and stops when they lose them")
     create.add_argument("--expires-days", type=positive_float, help="lifetime (default: admin.token_days)")
     create.set_defaults(func=cmd_token_create)
     listing = token.add_parser("list", parents=[common], help="list admin tokens (never the tokens themselves)")
@@ -117,10 +119,14 @@ def cmd_token_create(args: argparse.Namespace, config: Config) -> int:
     if not args.name.strip():
         raise CliError("--name must not be empty")
     store = open_configured(config)
+    owner = store.get_user(args.owner)
+    if owner is None or not owner.admin or owner.disabled:
+        raise CliError(f"--owner: {args.owner!r} is not an enabled admin (llmgateway admin grant {args.owner} first)")
     actor = cli_actor()
-    token, record = make_token(args.name.strip(), actor.name, days)
+    token, record = make_token(args.name.strip(), actor.name, days, args.owner)
     store.insert_admin_token(record)
-    audit.record(store, actor, "token.create", record.id, {"name": record.name, "expires": record.expires})
+    audit.record(store, actor, "token.create", record.id,
+                 {"name": record.name, "owner": args.owner, "expires": record.expires})
     print(token)
     print(f"created admin token {record.id} ({record.prefix}...); it is shown only once", file=sys.stderr)
     return 0
@@ -132,9 +138,9 @@ def cmd_token_list(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(tokens, indent=2))
         return 0
-    print(f"{'ID':<21} {'NAME':<20} {'PREFIX':<17} {'STATUS':<8} {'CREATED BY':<16} {'EXPIRES':<21} LAST USED")
+    print(f"{'ID':<21} {'NAME':<20} {'PREFIX':<17} {'STATUS':<8} {'OWNER':<16} {'EXPIRES':<21} LAST USED")
     for t in tokens:
-        print(f"{t['id']:<21} {t['name']:<20} {t['prefix']:<17} {t['status']:<8} {t['created_by']:<16} "
+        print(f"{t['id']:<21} {t['name']:<20} {t['prefix']:<17} {t['status']:<8} {t['owner'] or '-':<16} "
               f"{iso(t['expires']):<21} {iso(t['last_used'])}")
     return 0
 

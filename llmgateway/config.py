@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .redact import redact_url
+
 if TYPE_CHECKING:
     from .portal_config import PortalConfig
 
@@ -66,6 +68,8 @@ class UpstreamConfig:
 class KeysConfig:
     cache_ttl_seconds: float = 10.0
     negative_ttl_seconds: float = 5.0
+    cache_max_entries: int = 100_000
+    negative_max_entries: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class AdminConfig:
     max_token_days: float = 365.0
     catalog_refresh_seconds: float = 5.0
     model_secret_envs: tuple[str, ...] = ()
+    model_hosts: tuple[str, ...] | None = None
+    """Hosts API models may call (None: those of the configured models; see `destinations`)."""
+    secret_hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per secret variable, further hosts it may be sent to (see `destinations`)."""
 
 
 @dataclass(frozen=True)
@@ -239,10 +247,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         )
 
     keys_raw = _table(raw, "keys")
-    _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds"})
+    _reject_unknown(keys_raw, "keys", {"cache_ttl_seconds", "negative_ttl_seconds", "cache_max_entries",
+                                       "negative_max_entries"})
     keys = KeysConfig(
         cache_ttl_seconds=_number(keys_raw, "keys.cache_ttl_seconds", 10.0),
         negative_ttl_seconds=_number(keys_raw, "keys.negative_ttl_seconds", 5.0),
+        cache_max_entries=_int(keys_raw, "keys.cache_max_entries", 100_000, minimum=1),
+        negative_max_entries=_int(keys_raw, "keys.negative_max_entries", 100_000, minimum=1),
     )
 
     usage_raw = _table(raw, "usage")
@@ -263,10 +274,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         if m.id in seen:
             raise ConfigError(f"models: id {m.id!r} appears twice")
         seen.add(m.id)
+    from .destinations import check_config  # imported here: it builds on this module's types
     from .portal_config import parse_portal  # imported here: it builds on this module's helpers
 
-    return Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
-                  _parse_jobs(raw), parse_portal(raw, server), _parse_admin(raw))
+    config = Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
+                    _parse_jobs(raw), parse_portal(raw, server), _parse_admin(raw))
+    check_config(config)
+    return config
 
 
 def parse_limit_values(raw: Any, where: str, allowed: tuple[str, ...] = LIMIT_NAMES) -> dict[str, float]:
@@ -330,8 +344,10 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
 
 def _parse_admin(raw: Mapping[str, Any]) -> AdminConfig:
     table = _table(raw, "admin")
+    from .destinations import parse_host_entry  # imported here: it builds on this module's types
+
     _reject_unknown(table, "admin", {"bootstrap_token_env", "token_days", "max_token_days",
-                                     "catalog_refresh_seconds", "model_secret_envs"})
+                                     "catalog_refresh_seconds", "model_secret_envs", "model_hosts", "secret_hosts"})
     max_days = _number(table, "admin.max_token_days", 365.0)
     token_days = _number(table, "admin.token_days", 90.0)
     if not 0 < token_days <= max_days:
@@ -339,12 +355,28 @@ def _parse_admin(raw: Mapping[str, Any]) -> AdminConfig:
     envs = table.get("model_secret_envs", [])
     if not isinstance(envs, list) or not all(isinstance(e, str) and e for e in envs):
         raise ConfigError(f"admin.model_secret_envs: {envs!r} must be a list of environment variable names")
+    model_hosts = table.get("model_hosts")
+    if model_hosts is not None:
+        if not isinstance(model_hosts, list):
+            raise ConfigError(f"admin.model_hosts: {model_hosts!r} must be a list of hosts (host or host:port, or '*')")
+        model_hosts = tuple(parse_host_entry(h, "admin.model_hosts", allow_any=True) for h in model_hosts)
+    secret_raw = table.get("secret_hosts", {})
+    if not isinstance(secret_raw, dict):
+        raise ConfigError("admin.secret_hosts must be a table: VARIABLE = [\"host\", \"host:port\", ...]")
+    secret_hosts = {}
+    for env_var, hosts in secret_raw.items():
+        setting = f"admin.secret_hosts.{env_var}"
+        if not isinstance(hosts, list) or not hosts:
+            raise ConfigError(f"{setting}: {hosts!r} must be a non-empty list of hosts (host or host:port)")
+        secret_hosts[env_var] = tuple(parse_host_entry(h, setting, allow_any=False) for h in hosts)
     return AdminConfig(
         bootstrap_token_env=_str(table, "admin.bootstrap_token_env", "LLMGW_ADMIN_TOKEN"),
         token_days=token_days,
         max_token_days=max_days,
         catalog_refresh_seconds=max(1.0, _number(table, "admin.catalog_refresh_seconds", 5.0)),
         model_secret_envs=tuple(envs),
+        model_hosts=model_hosts,
+        secret_hosts=secret_hosts,
     )
 
 
@@ -439,9 +471,9 @@ def resolve_secret(model: ModelConfig, environ: Mapping[str, str] | None = None)
 def _check_url(url: str, name: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: {url!r} is not an http(s) URL")
+        raise ConfigError(f"{name}: {redact_url(url)!r} is not an http(s) URL")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{name}: {url!r} must not carry a query or fragment")
+        raise ConfigError(f"{name}: {redact_url(url)!r} must not carry a query or fragment")
 
 
 def _table(raw: Mapping[str, Any], name: str) -> dict:

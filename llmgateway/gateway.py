@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from . import audit, catalog
+from . import audit, catalog, freshness
 from .admission import Admission, quota_status, spent_in_store
 from .audit import Actor
 from .config import Config
@@ -41,7 +41,8 @@ class Gateway:
         self.config = config
         self.store = store
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
-        self.keys = KeyCache(config.keys.cache_ttl_seconds, config.keys.negative_ttl_seconds)
+        self.keys = KeyCache(config.keys.cache_ttl_seconds, config.keys.negative_ttl_seconds,
+                             config.keys.cache_max_entries, config.keys.negative_max_entries)
         served, self.model_problems = catalog.build(config, [])
         self.router = Router(served)
         self.ledger = UsageLedger(
@@ -117,9 +118,9 @@ class Gateway:
         found, record, owner_limits = self.keys.get(key_hash, now)
         if not found:
             generation = self.keys.generation
-            record, owner_limits = await self._lookup(key_hash)
+            record, owner_limits, until = await self._lookup(key_hash)
             if generation == self.keys.generation:
-                self.keys.put(key_hash, record, now, owner_limits)
+                self.keys.put(key_hash, record, now, owner_limits, until)
         if record is None:
             raise unauthorized("Incorrect API key provided.")
         if not record.active:
@@ -131,8 +132,12 @@ class Gateway:
         self.last_used[record.id] = now
         return record, owner_limits
 
-    async def _lookup(self, key_hash: str) -> tuple[KeyRecord | None, dict[str, float]]:
-        """A cache miss: the shared cache first, then the store (one pool call for key and owner)."""
+    async def _lookup(self, key_hash: str) -> tuple[KeyRecord | None, dict[str, float], float | None]:
+        """A cache miss: the shared cache first, then the store (one pool call for key and owner).
+
+        Also says until when this process may keep the answer (see `freshness`): no longer than
+        the shared entry, or one reconciliation interval when there is none.
+        """
         if self.shared is not None:
             cached = await self.shared.cached_identity(key_hash)
             if cached is not None:
@@ -143,9 +148,12 @@ class Gateway:
             log.exception("key lookup failed")
             raise GatewayError(503, "The key store is unavailable; try again shortly.", "server_error",
                                "store_unavailable") from None
+        until = None
         if record is not None and self.shared is not None:
-            await self.shared.cache_identity(record, owner_limits)
-        return record, owner_limits
+            until = await self.shared.cache_identity(record, owner_limits)
+            if until is None:
+                until = time.time() + self.config.redis.reconcile_interval_seconds
+        return record, owner_limits, until
 
     def _load_identity(self, key_hash: str) -> tuple[KeyRecord | None, dict[str, float]]:
         record = self.store.key_by_hash(key_hash)
@@ -170,7 +178,8 @@ class Gateway:
             self.models_changed()
 
     async def reconcile(self) -> None:
-        """Scheduler job: make the counters and the shared key cache agree with the store.
+        """Scheduler job: make the counters and the shared key cache agree with the store (for any
+        change of a key or its owner, see `freshness`).
 
         Budgets are reloaded at start, after a reconnect (calls admitted locally during the outage
         are in the store, not in Redis) and when Redis lost its data. Counters are only ever raised
@@ -187,9 +196,7 @@ class Gateway:
                 totals = await self.in_thread(spent_in_store, self.store, self.free_models, time.time())
                 await shared.limiter.seed(totals)
                 await shared.client.set(EPOCH, str(time.time()))
-            revoked = await self.in_thread(self.store.revoked_key_hashes)
-            if revoked and await shared.drop_stale(revoked):
-                log.warning("reconciliation removed revoked keys from the shared cache")
+            await freshness.repair(self)
         except RedisError as exc:
             shared.failed(exc)
 

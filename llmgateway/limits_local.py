@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .limits import WINDOW_SECONDS, Check, Ticket, Verdict
+from .limits import DAY, WEEK_OFFSET_DAYS, WINDOW_SECONDS, Check, Ticket, Verdict
+
+PRUNE_EVERY_SECONDS = 60.0
 
 
 class LocalLimiter:
@@ -21,12 +23,15 @@ class LocalLimiter:
         self.windows: dict[str, dict[int, int]] = {}
         self.totals: dict[str, int] = {}
         self.slots: dict[str, dict[str, float]] = {}
+        self._next_prune = 0.0
 
     async def admit(self, checks: list[Check], request_id: str, lease: float) -> Verdict:
         return self.admit_now(checks, request_id, lease)
 
     def admit_now(self, checks: list[Check], request_id: str, lease: float) -> Verdict:
         now = self.clock()
+        if now >= self._next_prune:
+            self.prune(now)
         second = int(now)
         used, resets = [], []
         refused, retry_after = -1, 0.0
@@ -89,3 +94,21 @@ class LocalLimiter:
         for counter, value in totals.items():
             if value > self.totals.get(counter, 0):
                 self.totals[counter] = value
+
+    def prune(self, now: float) -> None:
+        """Forget counters whose period is over, so memory follows the active subjects, not every
+        subject ever seen: budgets of past days and weeks, windows with no call in the last minute,
+        empty or expired concurrency slots."""
+        self._next_prune = now + PRUNE_EVERY_SECONDS
+        self.totals = {c: v for c, v in self.totals.items() if _period_end(c) > now}
+        self.windows = {c: b for c, b in self.windows.items() if b and max(b) > now - WINDOW_SECONDS}
+        self.slots = {c: live for c, s in self.slots.items() if (live := {r: u for r, u in s.items() if u > now})}
+
+
+def _period_end(counter: str) -> float:
+    """When a budget counter's period ends, from its name (`<subject>:<kind>:d<day>` or `w<week>`)."""
+    period = counter.rsplit(":", 1)[-1]
+    number = int(period[1:])
+    if period[0] == "d":
+        return (number + 1) * DAY
+    return ((number + 1) * 7 - WEEK_OFFSET_DAYS) * DAY

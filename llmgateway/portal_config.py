@@ -35,6 +35,7 @@ UNSPECIFIED_NAME_ID = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
 SAML_KEYS = {
     "idp_metadata_file", "idp_metadata_url", "idp_entity_id", "metadata_timeout", "sp_entity_id",
     "sp_cert_file", "sp_key_file", "sp_key_env", "sign_requests", "want_messages_signed", "allow_unsolicited",
+    "want_logout_requests_signed",
     "signature_algorithm", "digest_algorithm", "name_id_format", "username_attribute", "display_name_attribute",
     "email_attribute", "eligible_attribute", "eligible_values", "ineligible_message", "admin_attribute",
     "admin_values",
@@ -59,6 +60,7 @@ class SamlConfig:
     sp_key_env: str = ""
     sign_requests: bool = False
     want_messages_signed: bool = False
+    want_logout_requests_signed: bool = True
     allow_unsolicited: bool = False
     signature_algorithm: str = "rsa-sha256"
     digest_algorithm: str = "sha256"
@@ -184,6 +186,7 @@ def _parse_saml(raw: Mapping[str, Any]) -> SamlConfig:
         sp_key_env=key_env,
         sign_requests=sign_requests,
         want_messages_signed=_bool(raw, "saml.want_messages_signed", False),
+        want_logout_requests_signed=_bool(raw, "saml.want_logout_requests_signed", True),
         allow_unsolicited=_bool(raw, "saml.allow_unsolicited", False),
         signature_algorithm=raw.get("signature_algorithm", "rsa-sha256"),
         digest_algorithm=raw.get("digest_algorithm", "sha256"),

@@ -27,6 +27,7 @@ from .jsonbody import encode_body, load_json
 from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
+from .redact import redact_url
 from .routing import Route, UpstreamState, mark_down
 from .tokencount import Target, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
@@ -280,7 +281,7 @@ class Relay:
                 if not (response.code == 599 and never_connected(response)) or self.started_client:
                     break
                 mark_down(upstream)
-                log.warning("upstream %s unreachable for model %s; trying the next", upstream.url,
+                log.warning("upstream %s unreachable for model %s; trying the next", redact_url(upstream.url),
                             self.call.route.model.id)
             assert response is not None
             if self.call.stream:
@@ -428,7 +429,7 @@ class Relay:
         async def quiet() -> bool:
             if await upstream.quiet(COUNT_WAIT_SECONDS):
                 return True
-            log.warning("upstream %s stayed busy for %.0f s; recording an estimate for %s", upstream.url,
+            log.warning("upstream %s stayed busy for %.0f s; recording an estimate for %s", redact_url(upstream.url),
                         COUNT_WAIT_SECONDS, call.request_id)
             return False
 

@@ -102,7 +102,13 @@ class ModelRecord:
 
 @dataclass
 class AdminToken:
-    """A bearer token for the admin API: stored as its SHA-256 hash, shown once, revocable, expiring."""
+    """A bearer token for the admin API: stored as its SHA-256 hash, shown once, revocable, expiring.
+
+    `owner` is the admin it belongs to: the token acts with that person's current rights, so it
+    stops working when they lose the admin role or are disabled. `parent` is the token that
+    minted it ("" for one made by a person or the CLI): a token dies with its parent, and never
+    outlives it.
+    """
 
     id: str
     name: str
@@ -113,6 +119,8 @@ class AdminToken:
     expires: float | None
     active: bool = True
     last_used: float | None = None
+    owner: str = ""
+    parent: str = ""
 
     def usable(self, now: float) -> bool:
         return status(self.active, self.expires, now) == "active"

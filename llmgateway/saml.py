@@ -2,11 +2,16 @@
 
 Every call here is blocking (XML parsing and xmlsec signature checks, metadata download), so the
 handlers run them through `Gateway.in_thread`. python3-saml checks the signature of the
-assertion (always required), that there is exactly one assertion, the audience, destination,
-recipient, issuer, validity times and `InResponseTo`. On top of that this module requires the
-response to answer the request this browser started (unless unsolicited responses are allowed)
-and a Destination equal to our ACS URL. Replay of an assertion ID is refused by the caller through
-the store's claims, so it holds across replicas.
+assertion (always required), that there is exactly one assertion, the issuer, validity times and
+`InResponseTo`. Where it is loose, this module is strict (the SAML 2.0 Web Browser SSO profile
+asks for both): the assertion must carry an AudienceRestriction naming our entity ID (python3-saml
+accepts an assertion with none), and every bearer SubjectConfirmationData must carry a Recipient
+equal to our ACS URL (python3-saml accepts a missing one and checks a present one as a
+substring). It also requires the response to answer the request this browser started (unless
+unsolicited responses are allowed), a Destination equal to our ACS URL, and signed IdP logout
+requests (`saml.want_logout_requests_signed`, on by default: an unsigned one would let any page
+log a person out). Replay of an assertion ID is refused by the caller through the store's
+claims, so it holds across replicas.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ ACS_PATH = "/saml/acs"
 SLS_PATH = "/saml/sls"
 METADATA_PATH = "/saml/metadata"
 FALLBACK_ASSERTION_LIFETIME = 3600.0
+NS = {"samlp": "urn:oasis:names:tc:SAML:2.0:protocol", "saml": "urn:oasis:names:tc:SAML:2.0:assertion"}
+BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 
 
 class SamlError(Exception):
@@ -206,6 +213,14 @@ class ServiceProvider:
             "validate_signature_from_qs": bool(query_string),
         }
 
+    @property
+    def logout_origin(self) -> str:
+        """The origin of the IdP's single logout service ('' if none): the logout form's POST is
+        redirected there, so pages must allow it as a form action."""
+        url = self.settings.get_idp_data().get("singleLogoutService", {}).get("url") or ""
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
+
     def _auth(self, data: dict[str, Any]) -> OneLogin_Saml2_Auth:
         return OneLogin_Saml2_Auth(data, self.settings)
 
@@ -240,9 +255,11 @@ class ServiceProvider:
         in_response_to = auth.get_last_response_in_response_to()
         if request_id is not None and not hmac.compare_digest(in_response_to or "", request_id):
             raise SamlError("the response does not answer the login this browser started (InResponseTo)")
-        destination = OneLogin_Saml2_XML.to_etree(auth.get_last_response_xml()).get("Destination")
+        root = OneLogin_Saml2_XML.to_etree(auth.get_last_response_xml())
+        destination = root.get("Destination")
         if destination is not None and destination != self.acs_url:
             raise SamlError(f"the response is addressed to {destination!r}, not to {self.acs_url!r}")
+        self._check_profile(root)
         assertion_id = auth.get_last_assertion_id()
         if not assertion_id:
             raise SamlError("the assertion has no ID")
@@ -255,6 +272,29 @@ class ServiceProvider:
             name_id_format=auth.get_nameid_format() or "",
             session_index=auth.get_session_index() or "",
         )
+
+    def _check_profile(self, root: Any) -> None:
+        """What python3-saml leaves loose: the audience must be present and ours, and every bearer
+        confirmation's Recipient present and exactly our ACS URL."""
+        assertions = root.xpath("/samlp:Response/saml:Assertion", namespaces=NS)
+        if len(assertions) != 1:
+            raise SamlError("the response does not hold exactly one plain assertion")
+        restrictions = assertions[0].xpath("saml:Conditions/saml:AudienceRestriction", namespaces=NS)
+        if not restrictions:
+            raise SamlError("the assertion has no AudienceRestriction (it must name this service provider)")
+        for restriction in restrictions:
+            audiences = [(a.text or "").strip() for a in restriction.xpath("saml:Audience", namespaces=NS)]
+            if self.entity_id not in audiences:
+                raise SamlError(f"the assertion is meant for {audiences!r}, not for {self.entity_id!r}")
+        confirmations = assertions[0].xpath(
+            "saml:Subject/saml:SubjectConfirmation[@Method=$bearer]/saml:SubjectConfirmationData", namespaces=NS,
+            bearer=BEARER)
+        if not confirmations:
+            raise SamlError("the assertion has no bearer SubjectConfirmationData")
+        for data in confirmations:
+            recipient = data.get("Recipient")
+            if recipient is None or not hmac.compare_digest(recipient.encode(), self.acs_url.encode()):
+                raise SamlError(f"the assertion's Recipient is {recipient!r}, not {self.acs_url!r}")
 
     def logout_redirect(self, saml_session: Mapping[str, str]) -> tuple[str, str] | None:
         """(IdP URL with a LogoutRequest, its ID) for single logout, or None if the IdP has no SLO."""
@@ -275,6 +315,8 @@ class ServiceProvider:
         auth = self._auth(self.request_data(SLS_PATH, query=query, query_string=query_string))
         if "SAMLResponse" in query and request_id is None:
             raise SamlError("a logout response without a logout started from this browser")
+        if "SAMLRequest" in query and self.config.want_logout_requests_signed and "Signature" not in query:
+            raise SamlError("an unsigned logout request (saml.want_logout_requests_signed is true)")
         try:
             url = auth.process_slo(keep_local_session=True, request_id=request_id)
         except Exception as exc:  # as above: bad base64, deflate or XML

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -32,9 +33,10 @@ GONE = "llmgw:gone:"
 EPOCH = "llmgw:epoch"
 TOMBSTONE_SECONDS = 10
 CACHE_UNLESS_GONE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-return 1
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
+return 0
 """
+SCAN_BATCH = 1000
 RETRY_SECONDS = 1.0
 LISTEN_WAIT_SECONDS = 1.0
 
@@ -65,13 +67,14 @@ def announce(config: RedisConfig, kind: str, value: str, key_hashes: list[str]) 
     return True
 
 
-def encode_identity(record: KeyRecord, owner_limits: dict[str, float]) -> str:
-    return json.dumps({"key": asdict(record), "owner_limits": owner_limits})
+def encode_identity(record: KeyRecord, owner_limits: dict[str, float], until: float) -> str:
+    """A shared-cache entry; `until` is when it expires, so that no replica keeps a copy longer."""
+    return json.dumps({"key": asdict(record), "owner_limits": owner_limits, "until": until})
 
 
-def decode_identity(raw: bytes | str) -> tuple[KeyRecord, dict[str, float]]:
+def decode_identity(raw: bytes | str) -> tuple[KeyRecord, dict[str, float], float]:
     obj = json.loads(raw)
-    return KeyRecord(**obj["key"]), obj["owner_limits"]
+    return KeyRecord(**obj["key"]), obj["owner_limits"], float(obj.get("until", 0.0))
 
 
 class SharedState:
@@ -169,8 +172,9 @@ class SharedState:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def cached_identity(self, key_hash: str) -> tuple[KeyRecord, dict[str, float]] | None:
-        """The key (and its owner's limits) from the shared cache, or None on a miss or outage."""
+    async def cached_identity(self, key_hash: str) -> tuple[KeyRecord, dict[str, float], float] | None:
+        """The key, its owner's limits and the entry's expiry from the shared cache, or None on a
+        miss or outage."""
         if not self.up:
             return None
         try:
@@ -180,15 +184,42 @@ class SharedState:
             return None
         return decode_identity(raw) if raw else None
 
-    async def cache_identity(self, record: KeyRecord, owner_limits: dict[str, float]) -> None:
+    async def cache_identity(self, record: KeyRecord, owner_limits: dict[str, float]) -> float | None:
+        """Share a key loaded from the store; when the entry expires, or None if it was not written
+        (Redis away, or the key was just invalidated)."""
         if not self.up:
-            return
+            return None
         try:
             ttl = max(1, int(self.config.key_cache_ttl_seconds))
-            await self._cache(keys=[KEY_CACHE + record.hash, GONE + record.hash],
-                              args=[encode_identity(record, owner_limits), ttl])
+            until = time.time() + ttl
+            written = await self._cache(keys=[KEY_CACHE + record.hash, GONE + record.hash],
+                                        args=[encode_identity(record, owner_limits, until), ttl])
         except RedisError as exc:
             self.failed(exc)
+            return None
+        return until if written else None
+
+    async def cached_identities(self) -> list[tuple[str, KeyRecord, dict[str, float]]]:
+        """Every entry of the shared key cache, for reconciliation (`freshness`)."""
+        found = []
+        batch: list[bytes] = []
+        async for name in self.client.scan_iter(match=KEY_CACHE + "*", count=SCAN_BATCH):
+            batch.append(name)
+            if len(batch) >= SCAN_BATCH:
+                found += await self._read(batch)
+                batch = []
+        if batch:
+            found += await self._read(batch)
+        return found
+
+    async def _read(self, names: list[bytes]) -> list[tuple[str, KeyRecord, dict[str, float]]]:
+        values = await self.client.mget(names)
+        entries = []
+        for name, raw in zip(names, values, strict=True):
+            if raw:
+                record, owner_limits, _ = decode_identity(raw)
+                entries.append((name.decode()[len(KEY_CACHE):], record, owner_limits))
+        return entries
 
     async def invalidate(self, kind: str, value: str, key_hashes: list[str]) -> bool:
         """Drop cached keys everywhere: delete the shared entries, tell every replica."""
@@ -200,15 +231,6 @@ class SharedState:
             self.failed(exc)
             return False
         return True
-
-    async def drop_stale(self, key_hashes: list[str]) -> int:
-        """Reconciliation: delete shared entries of keys the store says are revoked; tell replicas if any."""
-        dropped = 0
-        for start in range(0, len(key_hashes), 1000):
-            dropped += await self.client.delete(*(KEY_CACHE + h for h in key_hashes[start:start + 1000]))
-        if dropped:
-            await self.client.publish(CHANNEL, "flush ")
-        return dropped
 
     async def close(self) -> None:
         self._closing = True

@@ -1311,6 +1311,7 @@
   }
 
   async function start() {
+    $("logout-xsrf").value = xsrfToken();  // logout is a POST with the XSRF token: no other site can log you out
     let profile;
     try {
       [me, profile] = await Promise.all([api("GET", "me"), portalProfile()]);

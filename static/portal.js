@@ -360,6 +360,7 @@
   // --- start -------------------------------------------------------------------------------
 
   async function start() {
+    $("logout-xsrf").value = xsrfToken();  // logout is a POST with the XSRF token: no other site can log you out
     try {
       me = await api("GET", "me");
     } catch (err) {

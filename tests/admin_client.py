@@ -59,6 +59,13 @@ def browser(gw: GatewayProcess, username: str, admin: bool) -> AdminClient:
     return AdminClient(gw, session=session)
 
 
+def first_admin(gw: GatewayProcess, username: str = "root") -> AdminClient:
+    """The bootstrap token's one act: make `username` the first admin; a client with their new token."""
+    created = AdminClient(gw, token=BOOTSTRAP).ok("POST", "/tokens", {"name": "tests", "owner": username}, 201)
+    assert created["record"]["owner"] == username
+    return AdminClient(gw, token=created["token"])
+
+
 def error_of(answer: Any) -> dict:
     assert isinstance(answer, dict) and set(answer["error"]) == {"message", "type", "param", "code"}, answer
     return answer["error"]

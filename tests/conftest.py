@@ -323,6 +323,8 @@ def saml_gw(start_gateway: Callable[..., GatewayProcess], start_mock: Callable[.
         f'\n[portal]\nenabled = true\npublic_url = "{gw.url}"\n'
         f'[saml]\nidp_metadata_url = "{idp.url}/metadata"\nsp_cert_file = "{cert}"\nsp_key_file = "{key}"\n'
         'sign_requests = true\nadmin_values = ["llm-admins"]\n'
+        # models added through the admin UI may use any loopback port (the tests' own mock upstreams)
+        '[admin]\nmodel_hosts = ["127.0.0.1"]\n'
     ))
     gw.start()
     idp.trust_sp(http_text(gw.url + "/saml/metadata"))

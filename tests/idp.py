@@ -3,7 +3,8 @@
 Built on pysaml2 (which signs with Debian's xmlsec1), with keys and a certificate made here,
 its own login form, HTTP-Redirect single sign-on, HTTP-POST responses and HTTP-Redirect single
 logout. It runs in a thread of the test process. `respond` also builds responses for the
-negative tests: unsigned, or changed before (or after) they are signed.
+negative tests: unsigned, or changed before (or after) they are signed; `logout_request_url`
+sends IdP-initiated logout requests, signed or not.
 """
 
 from __future__ import annotations
@@ -156,6 +157,15 @@ class LoopbackIdP:
                                                  sign_alg=SIG_RSA_SHA256)
         signed = self.server.sec.sign_statement(response.to_string().decode(), ASSERTION_CLASS, node_id=assertion.id)
         return base64.b64encode(signed.encode()).decode()
+
+    def logout_request_url(self, sp_entity_id: str, sls_url: str, sign: bool) -> str:
+        """An IdP-initiated LogoutRequest to an SP's single logout service, as an HTTP-Redirect URL,
+        its query signed (as SAML's redirect binding signs) unless `sign` is false."""
+        request_id, request = self.server.create_logout_request(
+            sls_url, sp_entity_id, name_id=NameID(format=NAMEID_FORMAT_TRANSIENT, text=rndstr(24)), sign=False)
+        args = self.server.apply_binding(BINDING_HTTP_REDIRECT, str(request), sls_url, "", sign=sign,
+                                         sigalg=SIG_RSA_SHA256 if sign else None)
+        return dict(args["headers"])["Location"]
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from .admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of
+from .admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of, first_admin
 from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -42,7 +42,8 @@ def gw(start_gateway: Callable[..., GatewayProcess], upstream: MockUpstream) -> 
 
 @pytest.fixture
 def boot(gw: GatewayProcess) -> AdminClient:
-    return AdminClient(gw, token=BOOTSTRAP)
+    """The first admin's token (the bootstrap token made them, and is spent now)."""
+    return first_admin(gw)
 
 
 def test_everyone_but_admins_is_refused_everything(gw: GatewayProcess, boot: AdminClient) -> None:
@@ -53,6 +54,7 @@ def test_everyone_but_admins_is_refused_everything(gw: GatewayProcess, boot: Adm
         "an API key": (AdminClient(gw, token=key), 401),
         "a wrong token": (AdminClient(gw, token="lgw-admin-" + "x" * 43), 401),
         "a non-admin session": (bob, 403),
+        "the bootstrap token once an admin exists": (AdminClient(gw, token=BOOTSTRAP), 401),
     }
     for who, (client, status) in callers.items():
         for method, path in ROUTES:
@@ -63,12 +65,14 @@ def test_everyone_but_admins_is_refused_everything(gw: GatewayProcess, boot: Adm
     assert page.status_code == 403 and "not an administrator" in page.text
     anon = AdminClient(gw).session.get(gw.url + "/admin", timeout=10, allow_redirects=False)
     assert anon.status_code == 302 and "/portal/dev-login?next=%2Fadmin" in anon.headers["Location"]
-    assert boot.ok("GET", "/audit")["total"] == 1  # only the key created above (by the CLI)
+    # the bootstrap token's grant and token, and the key created above (by the CLI)
+    assert [e["action"] for e in boot.ok("GET", "/audit")["items"]] == ["key.create", "token.create", "user.update"]
 
 
 def test_admin_sessions_need_the_xsrf_token_for_changes(gw: GatewayProcess) -> None:
     admin = browser(gw, "root", admin=True)
-    assert admin.ok("GET", "/me") == {"actor": "root", "via": "ui"}
+    assert admin.ok("GET", "/me") == {"actor": "root", "via": "ui", "person": "root", "rights": ["admin", "portal"],
+                                      "expires": None}
     admin.xsrf = False
     code, answer = admin.call("POST", "/keys", {"user": "carol", "name": "k"})
     assert code == 403 and error_of(answer)["code"] == "xsrf_missing"
@@ -88,9 +92,10 @@ def test_admin_tokens_are_shown_once_hashed_revocable_and_expire(gw: GatewayProc
     assert token.startswith("lgw-admin-") and record["status"] == "active"
     assert 89 * 86400 < record["expires"] - record["created"] <= 90 * 86400
     script = AdminClient(gw, token=token)
-    assert script.ok("GET", "/me") == {"actor": f"token:{record['id']}", "via": "api"}
+    assert script.ok("GET", "/me") == {"actor": f"token:{record['id']}", "via": "api", "person": "root",
+                                       "rights": ["admin"], "expires": record["expires"]}
     listed = boot.ok("GET", "/tokens")["items"]
-    assert [t["id"] for t in listed] == [record["id"]] and listed[0]["last_used"] is not None
+    assert listed[0]["id"] == record["id"] and listed[0]["last_used"] is not None and listed[0]["owner"] == "root"
     assert token not in gw.db_path.read_bytes().decode(errors="replace")
     assert boot.ok("POST", f"/tokens/{record['id']}/revoke")["record"]["status"] == "revoked"
     code, answer = script.call("GET", "/me")
@@ -120,7 +125,7 @@ def test_users_list_search_and_page_in_the_server(gw: GatewayProcess, boot: Admi
     second = boot.ok("GET", "/users", params={"search": "ANN", "limit": "2", "offset": "2"})
     assert [u["username"] for u in second["items"]] == ["anna"]
     admins = boot.ok("GET", "/users", params={"role": "admin"})["items"]
-    assert [(u["username"], u["admin_source"]) for u in admins] == [("bert", "idp")]
+    assert [(u["username"], u["admin_source"]) for u in admins] == [("bert", "idp"), ("root", "granted")]
     detail = boot.ok("GET", "/users/ann")
     assert detail["keys"] == {"active": 0, "total": 0} and detail["admin"] is False
     for params, param in (({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"offset": "-1"}, "offset"),
@@ -134,7 +139,7 @@ def test_granting_admin_and_the_rules_that_keep_admins_in(gw: GatewayProcess, bo
     carol = browser(gw, "carol", admin=False)
     assert carol.call("GET", "/users")[0] == 403
     assert boot.ok("PATCH", "/users/carol", {"admin": True})["admin_source"] == "granted"
-    assert carol.ok("GET", "/users")["total"] == 1
+    assert carol.ok("GET", "/users")["total"] == 2  # carol and root
     browser(gw, "carol", admin=False)  # a later login keeps the granted role
     assert boot.ok("GET", "/users/carol")["admin"] is True
     code, answer = carol.call("PATCH", "/users/carol", {"admin": False})
@@ -227,7 +232,7 @@ def test_key_input_is_checked_before_anything_is_written(gw: GatewayProcess, boo
                         ({"user": 5, "name": "k"}, "user"), ({"user": "x", "name": "k", "id": "key_1"}, "id")):
         code, answer = boot.call("POST", "/keys", body)
         assert code == 400 and error_of(answer)["param"] == param, (body, answer)
-    assert boot.ok("GET", "/keys")["total"] == 0 and boot.ok("GET", "/users")["total"] == 0
+    assert boot.ok("GET", "/keys")["total"] == 0 and boot.ok("GET", "/users")["total"] == 1  # root
     record = boot.ok("POST", "/keys", {"user": "ivy", "name": "k"}, 201)["record"]
     for body, param in (({"name": "ok", "expires": "soon"}, "expires"), ({"models": "all"}, "models"),
                         ({"owner": "eve"}, "owner"), ({}, None)):
@@ -334,15 +339,17 @@ def test_the_audit_log_reads_and_filters_changes_from_every_door(gw: GatewayProc
     boot.ok("PATCH", "/users/mia", {"limits": {"tokens_per_day": 100}})
     entries = boot.ok("GET", "/audit")["items"]
     assert [(e["action"], e["via"]) for e in entries] == [
-        ("user.update", "api"), ("key.revoke", "cli"), ("key.create", "portal"), ("terms.accept", "portal")]
-    assert entries[0]["actor"] == "bootstrap-token" and entries[0]["details"] == {
+        ("user.update", "api"), ("key.revoke", "cli"), ("key.create", "portal"), ("terms.accept", "portal"),
+        ("token.create", "api"), ("user.update", "api")]
+    assert entries[-1]["actor"] == entries[-2]["actor"] == "bootstrap-token"
+    assert entries[0]["actor"].startswith("token:adm_") and entries[0]["details"] == {
         "changes": {"limits": {"tokens_per_day": 100.0}}}
     assert entries[1]["actor"].startswith("cli:") and entries[2]["actor"] == "mia"
     assert [e["action"] for e in boot.ok("GET", "/audit", params={"via": "portal"})["items"]] == \
         ["key.create", "terms.accept"]
     assert boot.ok("GET", "/audit", params={"actor": "mia", "limit": "1"})["total"] == 2
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    assert boot.ok("GET", "/audit", params={"since": today, "until": today})["total"] == 4
+    assert boot.ok("GET", "/audit", params={"since": today, "until": today})["total"] == 6
     assert boot.ok("GET", "/audit", params={"until": "2020-01-01"})["total"] == 0
     for params, param in (({"via": "email"}, "via"), ({"since": "yesterday"}, "since"), ({"limit": "x"}, "limit")):
         code, answer = boot.call("GET", "/audit", params=params)

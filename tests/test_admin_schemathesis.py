@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .admin_client import BOOTSTRAP, AdminClient
+from .admin_client import BOOTSTRAP, first_admin
 from .conftest import GatewayProcess, MockUpstream, model_toml
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -30,7 +30,7 @@ def test_schemathesis_finds_no_difference_between_spec_and_server(
         start_gateway: Callable[..., GatewayProcess], start_mock: Callable[..., MockUpstream], tmp_path: Path) -> None:
     upstream = start_mock()
     gw = start_gateway(model_toml("config-model", [upstream.url]), env={"LLMGW_ADMIN_TOKEN": BOOTSTRAP})
-    admin = AdminClient(gw, token=BOOTSTRAP)
+    admin = first_admin(gw)
     key = admin.ok("POST", "/keys", {"user": "alice", "name": "seed"}, 201)["key"]
     gw.client(key).chat.completions.create(model="config-model", messages=HELLO)
     gw.wait_events(1)
@@ -41,7 +41,7 @@ def test_schemathesis_finds_no_difference_between_spec_and_server(
     admin.ok("POST", "/models", {"id": "api-model", "upstreams": [upstream.url]}, 201)
     report = tmp_path / "schemathesis.xml"
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", str(spec),
-               "--url", gw.url + "/admin/api/v1", "-H", f"Authorization: Bearer {BOOTSTRAP}",
+               "--url", gw.url + "/admin/api/v1", "-H", f"Authorization: Bearer {admin.token}",
                "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", "1", "--workers", "2",
                "--phases", "examples,coverage,fuzzing,stateful", "--request-timeout", "10",
                "--report", "junit", "--report-junit-path", str(report)]

@@ -24,7 +24,7 @@ def test_the_first_admin_and_their_token_without_a_browser(gw: GatewayProcess) -
     gw.cli("admin", "grant", "root")
     root = browser(gw, "root", admin=False)
     assert root.ok("GET", "/users/root")["admin_source"] == "granted"
-    result = gw.cli("admin", "token", "create", "--name", "ci", "--expires-days", "7")
+    result = gw.cli("admin", "token", "create", "--name", "ci", "--expires-days", "7", "--owner", "root")
     token = result.stdout.strip()
     assert result.stdout == token + "\n" and token.startswith("lgw-admin-")
     script = AdminClient(gw, token=token)
@@ -35,10 +35,11 @@ def test_the_first_admin_and_their_token_without_a_browser(gw: GatewayProcess) -
     assert script.call("GET", "/me")[0] == 401
     gw.cli("admin", "ungrant", "root")
     assert root.call("GET", "/users")[0] == 403
+    gw.cli("admin", "grant", "ops")
     actions = [(e["action"], e["via"]) for e in
-               AdminClient(gw, token=gw.cli("admin", "token", "create", "--name", "t").stdout.strip())
+               AdminClient(gw, token=gw.cli("admin", "token", "create", "--name", "t", "--owner", "ops").stdout.strip())
                .ok("GET", "/audit", params={"via": "cli"})["items"]]
-    assert actions == [("token.create", "cli"), ("user.update", "cli"), ("token.revoke", "cli"),
+    assert actions == [("token.create", "cli"), ("user.update", "cli"), ("user.update", "cli"), ("token.revoke", "cli"),
                        ("token.create", "cli"), ("user.update", "cli")]
 
 
@@ -61,8 +62,9 @@ def test_keys_list_filtered_revoke_and_usage_export(gw: GatewayProcess) -> None:
 @pytest.mark.parametrize("args, message", [
     (("admin", "ungrant", "nobody"), "no user 'nobody'"),
     (("admin", "token", "revoke", "adm_nope"), "no admin token with id 'adm_nope'"),
-    (("admin", "token", "create", "--name", "x", "--expires-days", "1000"), "admin.max_token_days"),
-    (("admin", "token", "create", "--name", " "), "--name must not be empty"),
+    (("admin", "token", "create", "--name", "x", "--owner", "o", "--expires-days", "1000"), "admin.max_token_days"),
+    (("admin", "token", "create", "--name", " ", "--owner", "o"), "--name must not be empty"),
+    (("admin", "token", "create", "--name", "x", "--owner", "nobody"), "--owner: 'nobody' is not an enabled admin"),
     (("admin", "keys", "list", "--limit", "0"), "--limit must be from 1"),
     (("admin", "keys", "revoke", "key_nope"), "no key with id 'key_nope'"),
     (("admin", "usage", "export", "--since", "last week"), "--since: since must be a date"),
@@ -77,7 +79,8 @@ def test_a_disabled_admin_cannot_reach_the_admin_page(gw: GatewayProcess) -> Non
     gw.cli("admin", "grant", "zed")
     zed = browser(gw, "zed", admin=False)
     assert zed.session.get(gw.url + "/admin", timeout=10).status_code == 200
-    token = gw.cli("admin", "token", "create", "--name", "t").stdout.strip()
+    gw.cli("admin", "grant", "ops")
+    token = gw.cli("admin", "token", "create", "--name", "t", "--owner", "ops").stdout.strip()
     AdminClient(gw, token=token).ok("PATCH", "/users/zed", {"disabled": True})
     page = zed.session.get(gw.url + "/admin", timeout=10, allow_redirects=False)
     assert page.status_code == 302 and isinstance(page, requests.Response)

@@ -71,11 +71,30 @@ def test_upstream_secret_from_environment_or_file(tmp_path: Path) -> None:
         ({"models": [{"id": "a", "upstreams": ["http://h"], "kind": "audio"}]}, "kind"),
         ({"models": [{"id": "a", "upstreams": ["http://h"], "active": "maybe"}]}, "active"),
         ({"models": [{"id": "a", "upstreams": ["http://h"]}, {"id": "a", "upstreams": ["http://h"]}]}, "twice"),
+        ({"admin": {"model_hosts": "h"}}, "admin.model_hosts"),
+        ({"admin": {"model_hosts": [5]}}, "admin.model_hosts"),
+        ({"admin": {"model_hosts": ["h/path"]}}, "admin.model_hosts"),
+        ({"admin": {"model_hosts": ["h:port"]}}, "admin.model_hosts"),
+        ({"admin": {"model_hosts": ["169.254.169.254"]}}, "admin.model_hosts"),
+        ({"admin": {"model_hosts": ["metadata.google.internal"]}}, "admin.model_hosts"),
+        ({"admin": {"secret_hosts": ["h"]}}, "admin.secret_hosts"),
+        ({"admin": {"secret_hosts": {"K": "h"}}}, "admin.secret_hosts.K"),
+        ({"admin": {"secret_hosts": {"K": []}}}, "admin.secret_hosts.K"),
+        ({"admin": {"secret_hosts": {"K": ["*"]}}}, "admin.secret_hosts.K"),
+        ({"admin": {"secret_hosts": {"K": ["[fd00:ec2::254]"]}}}, "admin.secret_hosts.K"),
+        ({"admin": {"model_secret_envs": ["UNBOUND"]}}, "admin.model_secret_envs"),
     ],
 )
 def test_invalid_settings_are_named(raw: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         parse_config(raw)
+
+
+def test_credentials_in_a_bad_url_are_not_quoted() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"models": [{"id": "a", "upstreams": ["ftp://user:pw-s3cret@h/v1"]}]})
+    assert "upstreams[0]" in str(refused.value) and "***@h" in str(refused.value)
+    assert "pw-s3cret" not in str(refused.value) and "user" not in str(refused.value)
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

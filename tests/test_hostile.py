@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .admin_client import BOOTSTRAP
+from .admin_client import BOOTSTRAP, first_admin
 from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -241,7 +241,7 @@ def test_deeply_nested_json_is_a_400(start_mock, start_gateway, shape: str) -> N
     gw = start_gateway(model_toml("m", [mock.url]), extra="[portal]\nenabled = true\ndev_login = true\n",
                        env={"LLMGW_ADMIN_TOKEN": BOOTSTRAP})
     key = gw.create_key("alice")
-    for target, token in (("/v1/chat/completions", key), ("/admin/api/v1/keys", BOOTSTRAP)):
+    for target, token in (("/v1/chat/completions", key), ("/admin/api/v1/keys", first_admin(gw).token)):
         head = (f"POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         answer = raw_exchange(gw.port, head.encode() + body)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from llmgateway.config import ConfigError, parse_config
 from llmgateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from llmgateway.limits import (
+    DAY,
     MICROS,
     Check,
     Limiter,
@@ -256,3 +257,28 @@ def test_refusal_reads_as_openai_and_carries_the_headers() -> None:
 def test_bad_limit_settings_name_the_setting(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config(raw)
+
+
+def test_local_counters_are_forgotten_after_their_period() -> None:
+    """The in-process limiter keeps counters of active subjects only: a flood of one-off subjects
+    leaves nothing behind once their minute, day and week are over."""
+    now = [12 * DAY + 5.0]  # a Tuesday: its week goes on after its day
+    limiter = LocalLimiter(clock=lambda: now[0])
+    for i in range(1000):
+        day, day_end = period_of("cost_per_day", now[0])
+        week, week_end = period_of("cost_per_week", now[0])
+        checks = [Check(f"user:u{i}", "cost_per_day", 100, 1, day, day_end),
+                  Check(f"user:u{i}", "cost_per_week", 100, 1, week, week_end),
+                  Check(f"user:u{i}", "requests_per_minute", 10, 1),
+                  Check(f"user:u{i}", "concurrent_requests", 5, 1)]
+        assert limiter.admit_now(checks, f"r{i}", 900).allowed
+    assert len(limiter.totals) == 2000 and len(limiter.windows) == len(limiter.slots) == 1000
+    now[0] += 120
+    limiter.admit_now([], "tick", 900)
+    assert len(limiter.totals) == 2000 and not limiter.windows and len(limiter.slots) == 1000
+    now[0] = day_end + 1
+    limiter.admit_now([], "tick", 900)
+    assert len(limiter.totals) == 1000 and not limiter.slots, "the day's budgets and the lapsed leases are gone"
+    now[0] = week_end + 1
+    limiter.admit_now([], "tick", 900)
+    assert limiter.totals == {}

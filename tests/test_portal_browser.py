@@ -242,6 +242,8 @@ def test_development_login_is_marked_on_every_page(page: Page, start_gateway: Ca
     expect(page.locator("#totals-body tr.total td[data-label=Cost]")).to_have_text("0.00 EUR")
     check_widths(page, tmp_path, "dev-usage-empty")
     page.goto(gw.url + "/portal/logout")
+    expect(page.locator("h1")).to_have_text("Log out")
+    page.click("#logout-confirm")
     expect(page.locator(".dev-banner")).to_be_visible()
     expect(page.locator("h1")).to_have_text("You are logged out")
 

@@ -113,6 +113,15 @@ def _refusals(idp: LoopbackIdP, gw: GatewayProcess) -> dict[str, Callable[[], tu
             return client, idp.respond(request, "alice@example.edu", change=change)
         return build
 
+    def no_audience(response: samlp.Response) -> None:
+        response.assertion[0].conditions.audience_restriction = []
+
+    def recipient_to(value: str | None) -> Callable[[samlp.Response], None]:
+        def change(response: samlp.Response) -> None:
+            for confirmation in response.assertion[0].subject.subject_confirmation:
+                confirmation.subject_confirmation_data.recipient = value
+        return change
+
     def audience(response: samlp.Response) -> None:
         response.assertion[0].conditions.audience_restriction[0].audience[0].text = "https://other-sp.example/saml"
 
@@ -149,6 +158,11 @@ def _refusals(idp: LoopbackIdP, gw: GatewayProcess) -> dict[str, Callable[[], tu
         "wrong destination": changed(destination),
         "destination only starting with ours": changed(near_destination),
         "wrong recipient": changed(recipient),
+        "no audience restriction": changed(no_audience),
+        "recipient only starting with ours": changed(recipient_to(gw.url + "/saml/acs-elsewhere")),
+        "recipient only containing ours": changed(recipient_to("https://other.example/acs?return=" + gw.url
+                                                               + "/saml/acs")),
+        "no recipient": changed(recipient_to(None)),
         "answer to another login": other_request,
         "unsolicited, no login state": unsolicited_without_state,
         "unsolicited, with a login state": unsolicited_with_state,
@@ -211,12 +225,51 @@ def test_logout_ends_the_session_everywhere(saml_gw: GatewayProcess, idp: Loopba
     post_response(client, saml_gw, idp.respond(request, "alice@example.edu"))
     session = client.cookies["llmgw_session"]
     assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 200
-    answer = client.get(saml_gw.url + "/saml/logout", timeout=10)
+    answer = client.post(saml_gw.url + "/saml/logout", data={"_xsrf": _logout_form_xsrf(client, saml_gw)},
+                         timeout=10)
     assert answer.status_code == 200 and "You are logged out" in answer.text
     assert answer.url == saml_gw.url + "/portal/logged-out"
     assert len(idp.logouts) >= 1
     stolen = requests.get(saml_gw.url + "/portal/api/me", cookies={"llmgw_session": session}, timeout=10)
     assert stolen.status_code == 401 and stolen.json()["error"]["code"] == "not_logged_in"
+
+
+def _logout_form_xsrf(client: requests.Session, gw: GatewayProcess, path: str = "/saml/logout") -> str:
+    """The logout page (GET) only shows the button; its form carries the XSRF token."""
+    page = client.get(gw.url + path, timeout=10)
+    assert page.status_code == 200 and 'method="post"' in page.text, page.text
+    return page.text.split('name="_xsrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_logout_is_a_post_with_the_xsrf_token(saml_gw: GatewayProcess, idp: LoopbackIdP) -> None:
+    client, request = begin_login(saml_gw, idp)
+    post_response(client, saml_gw, idp.respond(request, "alice@example.edu"))
+    for path in ("/portal/logout", "/saml/logout"):
+        xsrf = _logout_form_xsrf(client, saml_gw, path)
+        assert "alice@example.edu" in client.get(saml_gw.url + path, timeout=10).text
+        assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 200, "a GET logs no one out"
+        forged = requests.post(saml_gw.url + path, cookies={"llmgw_session": client.cookies["llmgw_session"]},
+                               allow_redirects=False, timeout=10)
+        assert forged.status_code == 403, "a cross-site POST without the token is refused"
+        assert client.post(saml_gw.url + path, allow_redirects=False, timeout=10).status_code == 403
+        assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 200
+    answer = client.post(saml_gw.url + "/portal/logout", data={"_xsrf": xsrf}, allow_redirects=False, timeout=10)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith(idp.url + "/slo")
+    assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 401
+
+
+def test_idp_logout_requests_must_be_signed(saml_gw: GatewayProcess, idp: LoopbackIdP) -> None:
+    client, request = begin_login(saml_gw, idp)
+    post_response(client, saml_gw, idp.respond(request, "alice@example.edu"))
+    entity_id, sls = saml_gw.url + "/saml/metadata", saml_gw.url + "/saml/sls"
+    unsigned = client.get(idp.logout_request_url(entity_id, sls, sign=False), allow_redirects=False, timeout=10)
+    assert unsigned.status_code == 400 and "Logout not confirmed" in unsigned.text
+    assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 200, "still logged in"
+    assert "unsigned logout request" in saml_gw.log()
+    signed = client.get(idp.logout_request_url(entity_id, sls, sign=True), allow_redirects=False, timeout=10)
+    assert signed.status_code == 302 and signed.headers["Location"].startswith(idp.url + "/slo")
+    assert "SAMLResponse=" in signed.headers["Location"]
+    assert client.get(saml_gw.url + "/portal/api/me", timeout=10).status_code == 401
 
 
 def test_forged_or_foreign_session_cookies_are_refused(saml_gw: GatewayProcess) -> None:

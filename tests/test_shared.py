@@ -11,7 +11,7 @@ import pytest
 
 from llmgateway.config import RedisConfig
 from llmgateway.keys import make_record
-from llmgateway.shared import CHANNEL, KEY_CACHE, SharedState
+from llmgateway.shared import CHANNEL, SharedState
 from tests.conftest import RedisServer
 
 
@@ -60,19 +60,18 @@ def test_a_revoked_key_cannot_be_cached_again_by_a_racing_lookup(redis_server: R
     with_shared(redis_server, scenario)
 
 
-def test_reconciliation_drops_stale_entries_and_tells_replicas(redis_server: RedisServer) -> None:
+def test_reconciliation_reads_every_shared_entry_and_its_expiry(redis_server: RedisServer) -> None:
     async def scenario(shared: SharedState, seen: list) -> None:
         records = [make_record("bob", f"k{i}")[1] for i in range(3)]
-        for record in records[:2]:
-            await shared.cache_identity(record, {})
-        assert await shared.drop_stale([r.hash for r in records]) == 2
-        assert await shared.client.exists(*(KEY_CACHE + r.hash for r in records)) == 0
-        await until(lambda: ("flush", "") in seen)
-        seen.clear()
-        assert await shared.drop_stale([r.hash for r in records]) == 0
-        await shared.client.publish(CHANNEL, "marker ")
-        await until(lambda: ("marker", "") in seen)
-        assert ("flush", "") not in seen, "nothing stale, nobody disturbed (messages arrive in order)"
+        before = time.time()
+        untils = [await shared.cache_identity(record, {"cost_per_day": float(i)}) for i, record in enumerate(records)]
+        assert all(u is not None and u >= before + shared.config.key_cache_ttl_seconds - 1 for u in untils)
+        entries = await shared.cached_identities()
+        assert sorted((h, r.id, limits) for h, r, limits in entries) == sorted(
+            (r.hash, r.id, {"cost_per_day": float(i)}) for i, r in enumerate(records))
+        assert await shared.invalidate("key", records[0].id, [records[0].hash])
+        assert await shared.cache_identity(records[0], {}) is None, "not written over a fresh tombstone"
+        assert len(await shared.cached_identities()) == 2
 
     with_shared(redis_server, scenario)
 

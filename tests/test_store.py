@@ -93,16 +93,6 @@ def test_list_and_revoke(store: Store) -> None:
     assert store.revoke_key("key_missing") is None
 
 
-def test_revoked_key_hashes_name_only_the_revoked_keys(store: Store) -> None:
-    records = [make_record("a", name)[1] for name in ("1", "2", "3")]
-    for r in records:
-        store.insert_key(r)
-    assert store.revoked_key_hashes() == []
-    store.revoke_key(records[0].id)
-    store.revoke_key(records[2].id)
-    assert sorted(store.revoked_key_hashes()) == sorted([records[0].hash, records[2].hash])
-
-
 def test_touch_keeps_the_latest_use(store: Store) -> None:
     _, record = make_record("a", "n")
     _, other = make_record("a", "m")

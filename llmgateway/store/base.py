@@ -80,10 +80,6 @@ class Store(Protocol):
 
     def list_keys(self, owner: str | None = None, active_only: bool = False) -> list[KeyRecord]: ...
 
-    def revoked_key_hashes(self) -> list[str]:
-        """The hashes of every revoked key, and nothing else: the reconciliation job's read, every
-        30 s on every replica, so an index answers it without reading the keys."""
-
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         """Mark the key inactive; return it, or None if no such key."""
 

@@ -143,9 +143,6 @@ QUERIES: dict[str, Shape] = {
         "keys, oldest first, no sort stage (active_only is checked on those few documents)", OLDEST_KEYS),
     "keys.all": Shape("api_keys", OLDEST_KEYS, "every key, oldest first, in index order (the CLI's listing)",
                       OLDEST_KEYS),
-    "keys.revoked": Shape(
-        "api_keys", (("active", ASCENDING), ("hash", ASCENDING)), "reconciliation: active=false bounds the scan "
-        "to revoked keys and the hash is in the index, so no document is read (covered)"),
     "keys.page": Shape(
         "api_keys", (*NEWEST_KEYS, ("active", ASCENDING), ("expires", ASCENDING), ("name", ASCENDING),
                      ("prefix", ASCENDING)),
@@ -465,10 +462,6 @@ class MongoStore:
         if active_only:
             query["active"] = True
         return [_key(d) for d in self._find("keys.all" if owner is None else "keys.of_owner", query)]
-
-    @_mapped
-    def revoked_key_hashes(self) -> list[str]:
-        return [d["hash"] for d in self._find("keys.revoked", {"active": False}, {"hash": True, "_id": False})]
 
     @_mapped
     def revoke_key(self, key_id: str) -> KeyRecord | None:
@@ -1080,7 +1073,10 @@ def _model(document: dict[str, Any]) -> ModelRecord:
 def _token(document: dict[str, Any] | None) -> AdminToken | None:
     if document is None:
         return None
-    return AdminToken(id=document["_id"], **{name: document[name] for name in TOKEN_FIELDS})
+    # Tokens stored before they had an owner have neither `owner` nor `parent`: with no owner,
+    # such a token acts for nobody and is refused.
+    return AdminToken(id=document["_id"], **{name: document.get(name, "") if name in ("owner", "parent")
+                                             else document[name] for name in TOKEN_FIELDS})
 
 
 def _audit(document: dict[str, Any]) -> AuditEntry:

@@ -60,8 +60,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     limits TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS api_keys_owner ON api_keys(owner);
--- Reconciliation reads the revoked keys' hashes every 30 s: this partial index holds just those.
-CREATE INDEX IF NOT EXISTS api_keys_revoked ON api_keys(hash) WHERE active = 0;
 -- The admin's key list pages newest first. The index carries every column its filters read but
 -- the owner (which has its own index), so a filter, a count or a deep page never reads the table.
 CREATE INDEX IF NOT EXISTS api_keys_newest ON api_keys(created DESC, id, active, expires, name, prefix, models);
@@ -164,7 +162,9 @@ CREATE TABLE IF NOT EXISTS admin_tokens (
     created REAL NOT NULL,
     expires REAL,
     active INTEGER NOT NULL DEFAULT 1,
-    last_used REAL
+    last_used REAL,
+    owner TEXT NOT NULL DEFAULT '',
+    parent TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -188,6 +188,8 @@ ADDED_COLUMNS = (
     ("api_keys", "limits", "TEXT NOT NULL DEFAULT '{}'"),
     ("users", "admin_granted", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+    ("admin_tokens", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("admin_tokens", "parent", "TEXT NOT NULL DEFAULT ''"),
 )
 
 KEY_COLUMNS = "id, owner, name, hash, prefix, created, expires, active, last_used, models, limits"
@@ -205,7 +207,7 @@ ROLLUP_COLUMNS = (
     "bucket, start, user, key_id, model, requests, prompt_tokens, completion_tokens, cost, estimated"
 )
 SUM_COLUMNS = "requests, prompt_tokens, completion_tokens, cost, estimated"
-TOKEN_COLUMNS = "id, name, hash, prefix, created_by, created, expires, active, last_used"
+TOKEN_COLUMNS = "id, name, hash, prefix, created_by, created, expires, active, last_used, owner, parent"
 AUDIT_COLUMNS = "id, ts, actor, via, source, action, target, details"
 # Usage reports group rollup rows (`start` is a UTC midnight) and raw events (`ts`) alike; days
 # group by their midnight and are named YYYY-MM-DD only once grouped.
@@ -338,9 +340,6 @@ class SQLiteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._run(f"SELECT {KEY_COLUMNS} FROM api_keys {clause} ORDER BY created, id", params)
         return [_key(r) for r in rows.fetchall()]
-
-    def revoked_key_hashes(self) -> list[str]:
-        return [r[0] for r in self._run("SELECT hash FROM api_keys WHERE active = 0").fetchall()]
 
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         self._run("UPDATE api_keys SET active = 0 WHERE id = ?", (key_id,))
@@ -621,10 +620,10 @@ class SQLiteStore:
 
     def insert_admin_token(self, token: AdminToken) -> None:
         self._run(
-            f"INSERT INTO admin_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO admin_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.id, token.name, token.hash, token.prefix, token.created_by, token.created, token.expires,
-                int(token.active), token.last_used,
+                int(token.active), token.last_used, token.owner, token.parent,
             ),
         )
 
@@ -832,7 +831,7 @@ def _model(row: tuple) -> ModelRecord:
 def _token(row: tuple) -> AdminToken:
     return AdminToken(
         id=row[0], name=row[1], hash=row[2], prefix=row[3], created_by=row[4], created=row[5], expires=row[6],
-        active=bool(row[7]), last_used=row[8],
+        active=bool(row[7]), last_used=row[8], owner=row[9], parent=row[10],
     )
 
 
