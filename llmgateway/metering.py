@@ -14,6 +14,7 @@ from typing import Any
 
 COMPACT_AT = 1 << 20
 USAGE_MARK = b'"usage"'
+DONE_MARK = b"[DONE]"
 NULL_USAGE_MARKS = (b'"usage":null', b'"usage": null')
 
 
@@ -91,6 +92,7 @@ class StreamMeter:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: tuple[int, int] | None = None
+        self.done = False
         self._tail = b""
         self._raw: list[bytes] = []
         self._raw_size = 0
@@ -105,16 +107,26 @@ class StreamMeter:
             return b"" if self.strip_usage_chunk else data
         end = cut + (4 if buf.startswith(b"\r\n\r\n", cut) else 2)
         complete, self._tail = buf[:end], buf[end:]
+        if DONE_MARK in complete:
+            self._see_done(complete)
         kept = self._scan(complete)
         return kept if self.strip_usage_chunk else data
 
     def finish(self) -> bytes:
         """The end of the stream: scan what was held back; return what is still to relay."""
         tail, self._tail = self._tail, b""
+        if DONE_MARK in tail:
+            self._see_done(tail)
         if not tail.strip():
             return tail if self.strip_usage_chunk else b""
         keep = self._scan_event(tail)
         return tail if keep and self.strip_usage_chunk else b""
+
+    def _see_done(self, block: bytes) -> None:
+        """`data: [DONE]` ends the stream for the client: whatever happens to the transfer after
+        it (a shutdown's cut, a slow close) must not add an error event or change its status."""
+        if any(line.strip() in (b"data: [DONE]", b"data:[DONE]") for line in block.splitlines()):
+            self.done = True
 
     def _scan(self, block: bytes) -> bytes:
         """Look at each complete event in `block`; return the block minus a stripped usage chunk."""

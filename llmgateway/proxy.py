@@ -307,8 +307,9 @@ class Relay:
             self.sink.send(out)
 
     def _failure(self, response: HTTPResponse) -> GatewayError | None:
-        """Why the transfer ended early, or None if the upstream completed it."""
-        if response.code != 599:
+        """Why the transfer ended early, or None if the upstream completed it (a stream that sent
+        `data: [DONE]` is complete for the client, however its transfer ended)."""
+        if response.code != 599 or self.meter is not None and self.meter.done:
             return None
         if self.call.cut == SHUTTING_DOWN:
             return GatewayError(503, "The gateway is shutting down; retry.", "server_error", "shutting_down")
@@ -331,7 +332,7 @@ class Relay:
         if err is not None and err.status != CLIENT_CLOSED:
             self.sink.send(sse_error_event(f"The stream broke off: {err.message}", err.type, err.code))
         self.sink.end()
-        self._settle(err.status if err else response.code, "", meter.usage, meter)
+        self._settle(err.status if err else self.status, "", meter.usage, meter)
 
     def _finish_plain(self, response: HTTPResponse) -> None:
         err = self._failure(response)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import socket
 import sqlite3
@@ -93,6 +95,32 @@ def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(s
     assert event["status"] == 503
     assert 3 <= event["completion_tokens"] < 200
     assert event["completion_tokens"] >= len(received) and event["estimated"] == 0
+
+
+def test_sigterm_after_done_sends_nothing_more_and_meters_200(start_mock, start_gateway) -> None:
+    """The upstream sent [DONE] but holds its response open; the drain ends before it closes.
+    The client already has the whole stream: no error event may follow [DONE], and it is a 200."""
+    mock = start_mock("--linger-ms", "20000")
+    gw = start_gateway(model_toml("m", [mock.url]), server="drain_seconds = 0.5")
+    key = gw.create_key()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=15)
+    conn.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "m", "messages": MESSAGES, "max_tokens": 5, "stream": True}),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    lines = []
+    while not lines or lines[-1] != b"data: [DONE]":
+        line = resp.readline()
+        assert line, f"the stream ended before [DONE]: {lines!r}"
+        lines.append(line.strip())
+    gw.proc.send_signal(signal.SIGTERM)
+    after = resp.read()
+    conn.close()
+    assert after.strip() == b"", f"sent after [DONE]: {after!r}"
+    assert gw.proc.wait(20) == 0
+    [event] = gw.events()
+    assert event["status"] == 200 and event["completion_tokens"] == 5 and event["estimated"] == 0
 
 
 @pytest.fixture
