@@ -16,6 +16,7 @@ import functools
 import heapq
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
@@ -32,10 +33,12 @@ from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent
 from .base import (
     BUCKETS,
     GROUPS,
+    HOLD_FIELDS,
     KEY_CHANGES,
     KEY_STATUSES,
     REPORT_ORDERS,
     USER_CHANGES,
+    BudgetHold,
     DailyRow,
     RollupRow,
     StoreError,
@@ -48,6 +51,10 @@ SERVER_SELECTION_TIMEOUT_MS = 5000
 DUPLICATE_KEY = 11000
 # The claims TTL index is a backstop for a stopped purge job, so it waits this long past expiry.
 CLAIM_TTL_GRACE_SECONDS = 3600
+# Budget holds take a short lock per budget counter (a lease document): MongoDB has no
+# multi-document atomicity without a replica set, and a hold reads many events, then writes.
+HOLD_LOCK_SECONDS = 5.0
+HOLD_LOCK_WAIT_SECONDS = 5.0
 ROLLUP_KEY = ("bucket", "start", "user", "key_id", "model")
 USER_FIELDS = tuple(f.name for f in fields(UserRecord) if f.name != "username")
 # `owner_disabled` is the owner's state, filled in by the gateway: never stored with the key.
@@ -88,6 +95,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         # the index, MongoDB reads just the page instead of sorting every match.
         ([("user", ASCENDING), *NEWEST_EVENTS], {}),
         ([("key_id", ASCENDING), *NEWEST_EVENTS], {}),
+    ],
+    "budget_holds": [
+        ([("counter", ASCENDING), ("expires", ASCENDING)], {}),
+        ([("request_id", ASCENDING)], {}),
     ],
     "usage_rollups": [
         ([(name, ASCENDING) for name in ROLLUP_KEY], {"unique": True}),
@@ -381,6 +392,89 @@ class MongoStore:
             self.db.leases, {"_id": name, "$or": [{"until": {"$lte": now}}, {"holder": holder}]},
             {"holder": holder, "until": now + ttl},
         )
+
+    @_mapped
+    def reserve_budgets(self, request_id: str, holds: list[BudgetHold], now: float,
+                        expires: float) -> tuple[int, list[int]]:
+        locks = sorted({"hold:" + hold.counter for hold in holds})
+        token = secrets.token_hex(8)
+        taken: list[str] = []
+        try:
+            for name in locks:
+                self._lock(name, token)
+                taken.append(name)
+            live = self._live_holds(now, [hold.counter for hold in holds])
+            used = [self._stored_use(hold) + sum(live.get(hold.counter, {}).values()) for hold in holds]
+            for i, hold in enumerate(holds):
+                if used[i] + hold.amount > hold.limit:
+                    return i, used
+            self.db.budget_holds.bulk_write([
+                ReplaceOne({"_id": f"{request_id} {hold.counter}"},
+                           {"request_id": request_id, "counter": hold.counter, "amount": hold.amount,
+                            "expires": expires}, upsert=True)
+                for hold in holds
+            ])
+            return -1, used
+        finally:
+            for name in taken:
+                self.db.leases.delete_one({"_id": name, "holder": token})
+
+    def _lock(self, name: str, token: str) -> None:
+        deadline = time.monotonic() + HOLD_LOCK_WAIT_SECONDS
+        while True:
+            now = time.time()
+            if self._take(self.db.leases, {"_id": name, "until": {"$lte": now}},
+                          {"holder": token, "until": now + HOLD_LOCK_SECONDS}):
+                return
+            if time.monotonic() > deadline:
+                raise StoreError(f"budget lock {name} stayed busy for {HOLD_LOCK_WAIT_SECONDS:g} s")
+            time.sleep(0.002)
+
+    def _stored_use(self, hold: BudgetHold) -> int:
+        if hold.field not in HOLD_FIELDS:
+            raise StoreError(f"cannot hold a budget on {hold.field!r}")
+        match: dict[str, Any] = {hold.field: hold.who, "ts": {"$gte": hold.since}}
+        if hold.tokens:
+            if not hold.models:
+                return 0
+            match["model"] = {"$in": list(hold.models)}
+            measure: Any = {"$add": ["$prompt_tokens", "$completion_tokens"]}
+        else:
+            measure = "$cost"
+        rows = list(self.db.usage_events.aggregate(
+            [{"$match": match}, {"$group": {"_id": None, "total": {"$sum": measure}}}]))
+        return round((rows[0]["total"] if rows else 0) * hold.scale)
+
+    def _live_holds(self, now: float, counters: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Unexpired holds whose events are not stored: {counter: {request id: amount}}."""
+        query: dict[str, Any] = {"expires": {"$gt": now}}
+        if counters is not None:
+            query["counter"] = {"$in": counters}
+        found = list(self.db.budget_holds.find(query))
+        ids = list({d["request_id"] for d in found})
+        stored = {d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})} if ids else set()
+        live: dict[str, dict[str, int]] = {}
+        for d in found:
+            if d["request_id"] not in stored:
+                live.setdefault(d["counter"], {})[d["request_id"]] = d["amount"]
+        return live
+
+    @_mapped
+    def release_budgets(self, request_id: str) -> None:
+        self.db.budget_holds.delete_many({"request_id": request_id})
+
+    @_mapped
+    def held_budgets(self, now: float) -> dict[str, int]:
+        return {counter: sum(held.values()) for counter, held in self._live_holds(now).items()}
+
+    @_mapped
+    def purge_holds(self, now: float) -> int:
+        gone = self.db.budget_holds.delete_many({"expires": {"$lte": now}}).deleted_count
+        ids = list({d["request_id"] for d in self.db.budget_holds.find({}, {"request_id": True})})
+        if ids:
+            stored = [d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})]
+            gone += self.db.budget_holds.delete_many({"request_id": {"$in": stored}}).deleted_count
+        return gone
 
     @_mapped
     def claim_once(self, namespace: str, item_id: str, expires: float) -> bool:
