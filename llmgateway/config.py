@@ -24,6 +24,7 @@ LIMIT_NAMES = (
     "cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week",
 )
 MODEL_LIMIT_NAMES = LIMIT_NAMES[:3]
+MIN_LEASE_SECONDS = 3.0
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
@@ -79,7 +80,7 @@ class LimitsConfig:
     user: dict[str, float] = field(default_factory=dict)
     prompt_bytes_per_token: float = 1.0
     default_max_tokens: int = 1024
-    concurrency_lease_seconds: float = 900.0
+    concurrency_lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,12 +268,16 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     per_token = _number(table, "limits.prompt_bytes_per_token", 1.0)
     if per_token < 1:
         raise ConfigError(f"limits.prompt_bytes_per_token: {per_token!r} must be >= 1")
+    lease = _number(table, "limits.concurrency_lease_seconds", 30.0)
+    if lease < MIN_LEASE_SECONDS:
+        raise ConfigError(f"limits.concurrency_lease_seconds: {lease!r} must be >= {MIN_LEASE_SECONDS:g} "
+                          "(open calls renew their slots every third of it)")
     return LimitsConfig(
         key=parse_limit_values(table.get("key", {}), "limits.key"),
         user=parse_limit_values(table.get("user", {}), "limits.user"),
         prompt_bytes_per_token=per_token,
         default_max_tokens=_int(table, "limits.default_max_tokens", 1024, minimum=1),
-        concurrency_lease_seconds=_number(table, "limits.concurrency_lease_seconds", 900.0),
+        concurrency_lease_seconds=lease,
     )
 
 

@@ -20,6 +20,7 @@ from .admission import Admission, quota_status, spent_in_store
 from .audit import Actor
 from .config import Config
 from .errors import GatewayError, unauthorized
+from .holds import StoreBudgets
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
 from .limits import Ticket, merged
@@ -32,6 +33,8 @@ from .upstream import UpstreamClient
 
 log = logging.getLogger("llmgateway")
 T = TypeVar("T")
+# A budget hold taken during a Redis outage outlives the longest call by this much.
+HOLD_MARGIN_SECONDS = 60.0
 
 
 class Gateway:
@@ -55,8 +58,12 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task] = set()
-        self.shared = (SharedState(config.redis, self.invalidated, self.reconcile) if config.redis.url else None)
-        self.admission = Admission(config, self.shared)
+        self.shared = (SharedState(config.redis, self.invalidated, self.reconcile, self.redis_down)
+                       if config.redis.url else None)
+        budgets = (StoreBudgets(store, self.in_thread, self.flush, lambda: self.free_models,
+                                config.upstream.request_timeout + HOLD_MARGIN_SECONDS, config.redis.timeout_seconds)
+                   if self.shared is not None else None)
+        self.admission = Admission(config, self.shared, budgets)
         self.free_models = [m.id for m in config.models if m.free]
         self._refreshing: asyncio.Task | None = None
         self._catalog_records: list[ModelRecord] | None = None
@@ -166,6 +173,10 @@ class Gateway:
             self.keys.clear()
             self.models_changed()
 
+    def redis_down(self) -> None:
+        """Redis just failed (once per outage): budgets move to the store."""
+        self.admission.outage_began()
+
     async def reconcile(self) -> None:
         """Scheduler job: make the counters and the shared key cache agree with the store.
 
@@ -189,6 +200,8 @@ class Gateway:
                 log.warning("reconciliation removed revoked keys from the shared cache")
         except RedisError as exc:
             shared.failed(exc)
+            return
+        await self.in_thread(self.store.purge_holds, time.time())
 
     def _revoked_hashes(self) -> list[str]:
         return [k.hash for k in self.store.list_keys() if not k.active]

@@ -29,6 +29,8 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
                       seconds=jobs.retention_interval_seconds, id="retention", **every)
     scheduler.add_job(guarded("models", gateway.refresh_models), "interval",
                       seconds=gateway.config.admin.catalog_refresh_seconds, id="models", **every)
+    scheduler.add_job(guarded("slot-leases", gateway.admission.renew), "interval",
+                      seconds=gateway.config.limits.concurrency_lease_seconds / 3, id="slot-leases", **every)
     if gateway.shared is not None:
         scheduler.add_job(guarded("reconcile", gateway.reconcile), "interval",
                           seconds=gateway.config.redis.reconcile_interval_seconds, id="reconcile", **every)
