@@ -25,6 +25,7 @@ LIMIT_NAMES = (
 )
 MODEL_LIMIT_NAMES = LIMIT_NAMES[:3]
 MIN_LEASE_SECONDS = 3.0
+MIN_PROGRESS_SECONDS = 0.1
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
@@ -72,6 +73,8 @@ class UsageConfig:
     spool_dir: str = "./usage-spool"
     max_buffer_events: int = 200_000
     flush_batch: int = 5_000
+    journal_dir: str = "./usage-spool/journal"
+    journal_progress_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -230,12 +233,19 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
     usage_raw = _table(raw, "usage")
-    _reject_unknown(usage_raw, "usage", {"flush_interval_seconds", "spool_dir", "max_buffer_events", "flush_batch"})
+    _reject_unknown(usage_raw, "usage", {"flush_interval_seconds", "spool_dir", "max_buffer_events", "flush_batch",
+                                         "journal_dir", "journal_progress_seconds"})
+    spool_dir = _str(usage_raw, "usage.spool_dir", "./usage-spool")
+    progress = _number(usage_raw, "usage.journal_progress_seconds", 1.0)
+    if progress < MIN_PROGRESS_SECONDS:
+        raise ConfigError(f"usage.journal_progress_seconds: {progress!r} must be >= {MIN_PROGRESS_SECONDS:g}")
     usage = UsageConfig(
         flush_interval_seconds=_number(usage_raw, "usage.flush_interval_seconds", 2.0),
-        spool_dir=_str(usage_raw, "usage.spool_dir", "./usage-spool"),
+        spool_dir=spool_dir,
         max_buffer_events=_int(usage_raw, "usage.max_buffer_events", 200_000, minimum=1),
         flush_batch=_int(usage_raw, "usage.flush_batch", 5_000, minimum=1),
+        journal_dir=_str(usage_raw, "usage.journal_dir", "") or str(Path(spool_dir) / "journal"),
+        journal_progress_seconds=progress,
     )
 
     models_raw = raw.get("models", [])

@@ -18,9 +18,10 @@ from redis.exceptions import RedisError
 from . import audit, catalog
 from .admission import Admission, quota_status, spent_in_store
 from .audit import Actor
-from .config import Config
+from .config import Config, ConfigError
 from .errors import GatewayError, unauthorized
 from .holds import StoreBudgets
+from .journal import Journal, Relayed
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
 from .limits import Ticket, merged
@@ -50,6 +51,7 @@ class Gateway:
         self.ledger = UsageLedger(
             store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
         )
+        self.journal = Journal(config.usage.journal_dir)
         self.upstream = UpstreamClient(config.upstream)
         self.counter = TokenCounter(self.upstream.post_json)
         self.last_used: dict[str, float] = {}
@@ -73,11 +75,27 @@ class Gateway:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start(self) -> None:
-        """Connect to Redis (if configured) and load what was already spent into the counters."""
+        """Replay what a killed process left in the journal, connect to Redis (if configured) and
+        load what was already spent into the counters."""
+        await self._replay_journal()
         if self.shared is not None:
             await self.shared.start()
         await self.refresh_models()
         await self.reconcile()
+
+    async def _replay_journal(self) -> None:
+        events, segments = await self.in_thread(self.journal.replay)
+        for event in events:
+            self.ledger.append(event)
+        try:
+            self.journal.start(segments, self.ledger.appended)
+        except OSError as exc:
+            raise ConfigError(f"usage.journal_dir: cannot write the usage journal in "
+                              f"{self.config.usage.journal_dir!r}: {exc.strerror}") from None
+        if events:
+            log.warning("replayed %d usage events from the journal of a process that stopped without flushing "
+                        "(%d cut by the stop, recorded as estimated)", len(events), sum(e.estimated for e in events))
+            await self.flush()
 
     async def refresh_models(self) -> None:
         """Scheduler job (and on a Redis announcement): serve the catalog the store now holds
@@ -245,16 +263,22 @@ class Gateway:
         if ticket is not None:
             self.admission.settle(ticket, event)
 
-    def begin(self, call: Any = None) -> None:
-        """A call (or its settlement) starts; shutdown waits for it."""
+    def begin(self, call: Any = None, relay: Relayed | None = None) -> None:
+        """A call (or its settlement) starts; shutdown waits for it, and the journal records it."""
         self.in_flight += 1
         self._idle.clear()
         if call is not None:
             self.open_calls.add(call)
+            model = call.route.model
+            self.journal.opened(call.request_id, call.ts, call.key.id, call.key.owner, model.id, call.endpoint,
+                                call.stream, call.body, (model.prompt_cost_per_1k, model.completion_cost_per_1k),
+                                relay)
 
     def end(self, call: Any = None) -> None:
         self.in_flight -= 1
-        self.open_calls.discard(call)
+        if call is not None:
+            self.open_calls.discard(call)
+            self.journal.ended(call.request_id)
         if self.in_flight == 0:
             self._idle.set()
 
@@ -264,6 +288,8 @@ class Gateway:
             call.cancel(status)
 
     def record(self, event: UsageEvent) -> None:
+        """A call's usage: into the journal first (a kill after this line loses nothing), then the ledger."""
+        self.journal.closed(event)
         self.ledger.append(event)
 
     def in_background(self, coro: Any) -> None:
@@ -295,7 +321,10 @@ class Gateway:
                 await self.in_thread(self.store.touch_keys, touched)
             except StoreError as exc:
                 log.warning("could not record key last-use times: %s", exc)
-        return await self.in_thread(self.ledger.flush)
+        self.journal.rotate(self.ledger.appended)
+        written = await self.in_thread(self.ledger.flush)
+        self.journal.retire(self.ledger.secured)
+        return written
 
     def redis_state(self) -> str:
         """"off" (not configured), "up", or "down" (limits under `redis.on_failure` meanwhile)."""
@@ -322,6 +351,7 @@ class Gateway:
             await self.shared.close()
 
     def close(self) -> None:
+        self.journal.close(self.ledger.secured, self.ledger.appended)
         self.upstream.close()
         self.executor.shutdown(wait=True)
         self.store.close()

@@ -4,6 +4,10 @@ A flush that fails writes the batch to a spool file (one JSON line per event, re
 place so a crash never leaves half a file) and a later flush replays the spool. Store inserts
 are idempotent by request id, so a replay after a partial failure never counts twice. If even
 the spool cannot be written, events stay in memory up to `max_buffer_events`.
+
+`appended` and `secured` count events in and events written (to the store or the spool, or
+dropped when the buffer overflowed), in order: the journal deletes a segment once every event
+appended before it closed is secured.
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ class UsageLedger:
         self._seq = 0
         self.failing = False
         self.dropped = 0
+        self.appended = 0
+        self.secured = 0
 
     def append(self, event: UsageEvent) -> None:
         """Record one event (O(1), no I/O)."""
         self._events.append(event)
+        self.appended += 1
         if len(self._events) > self.max_events:
             self._events.popleft()
+            self.secured += 1
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("usage buffer full (%d events): %d events dropped", self.max_events, self.dropped)
@@ -57,6 +65,7 @@ class UsageLedger:
                 try:
                     self.store.insert_usage(taken)
                     written += len(taken)
+                    self.secured += len(taken)
                     self._recovered()
                 except StoreError as exc:
                     self._failed(exc)
@@ -77,6 +86,7 @@ class UsageLedger:
     def _spool_or_keep(self, events: list[UsageEvent]) -> None:
         try:
             self._write_spool(events)
+            self.secured += len(events)
         except OSError as exc:
             log.error("cannot spool usage events (%s); keeping %d in memory", exc, len(events))
             self._events.extendleft(reversed(events))

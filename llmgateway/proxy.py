@@ -235,7 +235,7 @@ class Relay:
 
     async def run(self) -> None:
         """Relay, failing over to the next upstream on a connect error before the first byte."""
-        self.gw.begin(self.call)
+        self.gw.begin(self.call, self)
         try:
             response = None
             for upstream in self.call.route.candidates():

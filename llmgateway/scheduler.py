@@ -23,6 +23,8 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
     scheduler.add_job(gateway.flush, "interval", seconds=gateway.config.usage.flush_interval_seconds,
                       id="usage-flush", next_run_time=datetime.now(), **every)
     scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", **every)
+    scheduler.add_job(gateway.journal.progress, "interval", seconds=gateway.config.usage.journal_progress_seconds,
+                      id="journal-progress", **every)
     scheduler.add_job(guarded("rollups", lambda: rollups(gateway, jobs)), "interval",
                       seconds=jobs.rollup_interval_seconds, id="rollups", **every)
     scheduler.add_job(guarded("retention", lambda: retention(gateway, jobs)), "interval",

@@ -64,13 +64,13 @@ async def serve(config: Config) -> None:
         raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
                           f"{exc.strerror}") from None
     loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     await gateway.start()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
     tune_gc()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     log.info(
         "LLM Gateway listening on %s:%d (store %s, %d models)",
         config.server.host, config.server.port, config.store_url.split(":", 1)[0], len(config.models),
