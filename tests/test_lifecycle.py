@@ -57,7 +57,11 @@ def test_sigterm_drains_open_streams_and_flushes(start_mock, start_gateway) -> N
         t.start()
     first_chunk.wait()
     gw.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: _refuses_connections(gw.port), 5, what="listener closed after SIGTERM")
+    wait_for(lambda: _answer(gw.port, "/v1/models")[0] == 503, 5, what="new requests refused after SIGTERM")
+    status, headers, body = _answer(gw.port, "/v1/models")
+    assert headers.get("connection") == "close" and headers.get("retry-after") == "1"
+    assert json.loads(body)["error"]["code"] == "shutting_down"
+    assert _answer(gw.port, "/healthz")[0] == 200, "liveness still answers while draining"
     for t in threads:
         t.join(20)
     assert gw.proc.wait(20) == 0
@@ -69,12 +73,39 @@ def test_sigterm_drains_open_streams_and_flushes(start_mock, start_gateway) -> N
     assert "final usage flush" in gw.log()
 
 
-def _refuses_connections(port: int) -> bool:
+def _answer(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` on a new connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_connections_queued_at_sigterm_get_an_answer_not_a_reset(start_mock, start_gateway) -> None:
+    """Requests that wait in the accept queue when SIGTERM arrives are answered (503), never reset."""
+    gw = start_gateway(model_toml("m", [start_mock().url]))
+    gw.proc.send_signal(signal.SIGSTOP)
+    queued = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            queued.append(sock)
+        gw.proc.send_signal(signal.SIGTERM)
+    finally:
+        gw.proc.send_signal(signal.SIGCONT)
+    answers = []
+    for sock in queued:
+        try:
+            answers.append(sock.recv(64).split(b"\r\n", 1)[0])
+        except ConnectionResetError:
+            answers.append(b"reset")
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 ") for a in answers), answers
+    assert gw.proc.wait(20) == 0
 
 
 def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(start_mock, start_gateway) -> None:
