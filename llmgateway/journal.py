@@ -4,9 +4,11 @@ The ledger keeps events in memory between flushes, and a SIGKILL (an OOM kill, s
 and the calls still open. So each call also writes to a local append-only file: a line when it
 opens (who, which model, its prompt estimate and prices), for streams a line of progress every
 `usage.journal_progress_seconds` (what they had produced so far), and its full event when it is
-recorded. A line is one `write` to an `O_APPEND` descriptor: it reaches the kernel at once, so a
-killed process loses nothing of it; there is no fsync (a crash of the machine itself can still
-lose the last few seconds).
+recorded. Lines go to an `O_APPEND` descriptor with `write`, which hands them to the kernel: a
+killed process loses nothing written; there is no fsync (a crash of the machine itself can still
+lose the last few seconds). An event line is written at once, with whatever opening lines wait;
+opening and progress lines wait for the end of the loop turn, so that a busy loop writes them
+together: a call killed before its opening line is written has not sent its client anything.
 
 At start the gateway replays the journals that dead processes left: recorded events as they
 were, and calls that were cut by the crash as estimated events (their prompt estimate and the
@@ -21,6 +23,7 @@ on its segments, so several processes can share a directory and only a dead one'
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -38,6 +41,10 @@ log = logging.getLogger("llmgateway.journal")
 
 # A call the crash cut before its response started: the client saw the gateway go away.
 CUT_STATUS = 503
+# Lines are JSON arrays (cheaper to write than objects) with these fields after the kind; an
+# event line is an object {"ev": <the event>}.
+OPENED = ("id", "ts", "k", "u", "m", "e", "s", "p", "pc", "cc")
+PROGRESS = ("id", "c", "st", "at")
 
 
 class Relayed(Protocol):
@@ -69,12 +76,14 @@ class Journal:
         self._path: Path | None = None
         self._dirty = False
         self._closed: list[tuple[Path, int, int]] = []
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def replay(self) -> tuple[list[UsageEvent], list[Path]]:
         """The events that dead processes' segments hold, and those segments (blocking; at start)."""
         if not self.directory.is_dir():
             return [], []
-        lines: list[dict[str, Any]] = []
+        lines: list[Any] = []
         replayed: list[Path] = []
         for path in sorted(self.directory.glob("journal-*.jsonl")):
             try:
@@ -99,6 +108,7 @@ class Journal:
         """Open the first segment; `replayed` segments go once events up to `mark` are secured."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._closed += [(path, -1, mark) for path in replayed]
+        self._loop = asyncio.get_running_loop()
         self._new_segment()
 
     def _new_segment(self) -> None:
@@ -108,25 +118,39 @@ class Journal:
         self._dirty = False
 
     def _write(self, data: bytes) -> None:
+        """Write `data` now, after the lines waiting for the end of the loop turn."""
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
         try:
             os.write(self._fd, data)
         except OSError as exc:
             log.error("cannot write the usage journal (%s); a crash now would lose open calls", exc)
         self._dirty = True
 
+    def _write_soon(self, data: bytes) -> None:
+        """Write `data` at the end of this loop turn, with the other lines of the turn."""
+        if not self._pending and self._loop is not None:
+            self._loop.call_soon(self._write_pending)
+        self._pending.append(data)
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._write(b"")
+
     def opened(self, request_id: str, ts: float, key_id: str, user: str, model: str, endpoint: str,
                stream: bool, body: dict, prices: tuple[float, float], relay: Relayed | None) -> None:
         """A call was admitted and goes upstream."""
-        line = (json.dumps({"t": "o", "id": request_id, "ts": ts, "k": key_id, "u": user, "m": model,
-                            "e": endpoint, "s": stream, "p": estimate_prompt(endpoint, body), "pc": prices[0],
-                            "cc": prices[1]}) + "\n").encode()
+        line = (json.dumps(["o", request_id, ts, key_id, user, model, endpoint, stream,
+                            estimate_prompt(endpoint, body), prices[0], prices[1]]) + "\n").encode()
         self.open[request_id] = Entry(line, relay if stream else None)
-        self._write(line)
+        self._write_soon(line)
 
     def closed(self, event: UsageEvent) -> None:
         """A call's event was recorded (just before it goes into the ledger)."""
         self.open.pop(event.request_id, None)
-        self._write((json.dumps({"t": "d", "ev": vars(event)}) + "\n").encode())
+        self._write((json.dumps({"ev": vars(event)}) + "\n").encode())
 
     def ended(self, request_id: str) -> None:
         """A call's relay is over: an event is on its way (counted in the background) or never comes."""
@@ -134,7 +158,7 @@ class Journal:
         if entry is None or entry.relay is not None and entry.relay.settling:
             return
         del self.open[request_id]
-        self._write((json.dumps({"t": "x", "id": request_id}) + "\n").encode())
+        self._write_soon((json.dumps(["x", request_id]) + "\n").encode())
 
     def progress(self) -> None:
         """Scheduler job: what each open stream has produced so far."""
@@ -147,16 +171,19 @@ class Journal:
             produced = usage[1] if usage else estimate(relay.meter.completion_text())
             if produced != entry.produced:
                 entry.produced = produced
-                entry.progress = (json.dumps({"t": "g", "id": request_id, "c": produced, "st": relay.status,
-                                              "at": time.time()}) + "\n").encode()
+                entry.progress = (json.dumps(["g", request_id, produced, relay.status, time.time()])
+                                  + "\n").encode()
                 lines.append(entry.progress)
         if lines:
-            self._write(b"".join(lines))
+            self._write_soon(b"".join(lines))
 
     def rotate(self, mark: int) -> None:
         """Before a ledger flush: close the segment (it goes once events up to `mark` are secured)
         and carry the calls still open over to a new one."""
-        if not self._dirty or self._path is None:
+        if self._path is None:
+            return
+        self._write_pending()
+        if not self._dirty:
             return
         self._closed.append((self._path, self._fd, mark))
         self._new_segment()
@@ -184,6 +211,7 @@ class Journal:
         still open (stuck past the drain) stays for the next start to replay."""
         if self._path is None:
             return
+        self._write_pending()
         self._closed.append((self._path, self._fd, mark if not self.open else secured + 1))
         self._path = None
         self.retire(secured)
@@ -192,25 +220,24 @@ class Journal:
                 os.close(fd)
 
 
-def rebuild(lines: list[dict[str, Any]]) -> list[UsageEvent]:
+def rebuild(lines: list[Any]) -> list[UsageEvent]:
     """Events from journal lines: recorded ones as they were, calls cut by the crash estimated."""
     opened: dict[str, dict[str, Any]] = {}
     progress: dict[str, dict[str, Any]] = {}
     done: dict[str, UsageEvent] = {}
     dropped: set[str] = set()
     for line in lines:
-        kind = line.get("t")
         try:
-            if kind == "o":
-                opened[line["id"]] = line
-            elif kind == "g":
-                progress[line["id"]] = line
-            elif kind == "d":
+            if isinstance(line, dict):
                 event = UsageEvent(**line["ev"])
                 done[event.request_id] = event
-            elif kind == "x":
-                dropped.add(line["id"])
-        except (KeyError, TypeError):
+            elif line[0] == "o":
+                opened[line[1]] = dict(zip(OPENED, line[1:], strict=True))
+            elif line[0] == "g":
+                progress[line[1]] = dict(zip(PROGRESS, line[1:], strict=True))
+            elif line[0] == "x":
+                dropped.add(line[1])
+        except (KeyError, TypeError, IndexError, ValueError):
             continue
     for request_id, line in opened.items():
         if request_id in done or request_id in dropped:
