@@ -7,7 +7,7 @@ fixed bodies built once) so that it is never the bottleneck of a gateway benchma
 
 Every process-wide option (``--latency-ms``, ``--tokens``, ``--interval-ms``, ``--usage-chunk``,
 ``--usage-body``, ``--tokenize``, ``--mode``, ``--die-after``, ``--status``, ``--api-key``,
-``--name``) can be overridden for one request by a JSON object ``"mock"`` in its body, with the
+``--name``, ``--linger-ms``) can be overridden for one request by a JSON object ``"mock"`` in its body, with the
 same names spelled with underscores: ``{"mock": {"mode": "error500", "interval_ms": 5}}``.
 ``usage_chunk``/``usage_body`` take ``true``/``false`` or ``"on"``/``"off"``. An unknown name or a
 bad value answers 400, so a typo in a test fails loudly.
@@ -30,7 +30,8 @@ Deterministic tokenizer, which the gateway's tests rely on:
   have a leading space), ``finish_reason`` on the last content chunk (as vLLM), then, when the
   request has ``stream_options.include_usage`` and ``usage_chunk`` is on, a chunk with
   ``"choices": []`` and the usage (every other chunk then carries ``"usage": null``), then
-  ``data: [DONE]``. Headers go out at once; ``latency_ms`` delays the first chunk.
+  ``data: [DONE]``. Headers go out at once; ``latency_ms`` delays the first chunk; ``linger_ms``
+  holds the response open that long after ``[DONE]`` before ending it (as a slow upstream may).
 - Other ``POST /v1/<path>`` bodies naming a model answer ``object: "mock.passthrough"`` with
   ``prompt_tokens = tokens(json.dumps(body))`` (the body as received) and 2 completion tokens.
 
@@ -177,6 +178,7 @@ class Options:
     api_key: str | None = None
     name: str = "mock"
     bos: int = 0
+    linger_ms: float = 0.0
 
     def override(self, raw: Any) -> Options:
         """These options changed by a request's "mock" object; ValueError names a bad entry."""
@@ -197,7 +199,7 @@ def check_option(key: str, value: Any) -> Any:
     """One option value, validated and normalised; ValueError says what is wrong."""
     if key in ("usage_chunk", "usage_body"):
         return on_off(value)
-    if key in ("latency_ms", "interval_ms"):
+    if key in ("latency_ms", "interval_ms", "linger_ms"):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{key} must be a number >= 0")
         return float(value)
@@ -559,10 +561,18 @@ class Exchange(httputil.HTTPMessageDelegate):
                 written.add_done_callback(lambda _: self.conn.detach().close())
         else:
             self.conn.write(b"data: [DONE]\n\n")
-            self.conn.finish()
             if self.stream_open:
                 self.stream_open = False
                 self.mock.stats.streams_completed += 1
+            if self.opts.linger_ms:
+                asyncio.get_running_loop().call_later(self.opts.linger_ms / 1000, self.end_stream)
+            else:
+                self.conn.finish()
+
+    def end_stream(self) -> None:
+        """End a lingering stream's response, unless its client has left."""
+        if not self.closed:
+            self.conn.finish()
 
     def stream_chunks(self) -> list[bytes]:
         """The stream's data events: one per word (the last with finish_reason), then usage if asked.
@@ -637,6 +647,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <this>' [none]")
     p.add_argument("--name", default="mock", help="echoed in x-mock-name and system_fingerprint [mock]")
     p.add_argument("--model-names", default="mock-model", help="comma list for GET /v1/models [mock-model]")
+    p.add_argument("--linger-ms", type=float, default=0.0, help="hold a stream open after [DONE] [0]")
     p.add_argument("--bos", type=int, default=0,
                    help="tokens a BOS adds to every prompt and llamacpp tokenize count, as llama-cpp-python [0]")
     args = p.parse_args(argv)

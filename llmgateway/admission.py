@@ -1,8 +1,13 @@
 """Admission: which limits bind a call, which limiter counts them, and settling afterwards.
 
-With Redis configured and up, the shared limiter counts for every replica. Without Redis, or
-while it is away under `redis.on_failure = "local"`, this process's own counters do, seeded from
-the store so that a restart or an outage does not hand out a fresh budget.
+With Redis configured and up, the shared limiter counts for every replica. Without Redis, this
+process's own counters do, seeded from the store so that a restart does not hand out a fresh
+budget. While Redis is away under `redis.on_failure = "local"`, rate and concurrency limits are
+counted in-process (per replica) and budgets are held in the shared store (`holds`).
+
+Open calls that hold a concurrency slot or a budget are tracked here: slots live under a short
+lease that `renew` extends while the call runs, so the slots of a replica that died free
+themselves within a lease, and a Redis outage can publish the open budget reservations.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from redis.exceptions import RedisError
 from .config import Config, ModelConfig
 from .endpoints import Endpoint
 from .errors import GatewayError
+from .holds import StoreBudgets
 from .limits import (
+    BUDGET_KINDS,
     DAY,
     KIND_OF,
     MICROS,
     Check,
     Ticket,
+    Verdict,
     build_checks,
     cost_micros,
     merged,
+    period_end,
     period_of,
     rate_headers,
     refusal,
@@ -31,17 +40,19 @@ from .limits import (
 from .limits_local import LocalLimiter
 from .records import KeyRecord, UsageEvent
 from .shared import SharedState
-from .store import Store
+from .store import Store, StoreError
 
 BUDGETS = ("cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week")
 
 
 class Admission:
-    def __init__(self, config: Config, shared: SharedState | None) -> None:
+    def __init__(self, config: Config, shared: SharedState | None, budgets: StoreBudgets | None = None) -> None:
         self.limits = config.limits
         self.on_failure = config.redis.on_failure
         self.shared = shared
+        self.budgets = budgets
         self.local = LocalLimiter()
+        self.open: dict[str, Ticket] = {}
 
     def checks(self, key: KeyRecord, owner_limits: dict[str, float], model: ModelConfig, endpoint: Endpoint,
                body: dict) -> list[Check]:
@@ -71,19 +82,62 @@ class Admission:
             if self.shared is not None and self.on_failure == "refuse":
                 raise GatewayError(503, "Rate limiting is unavailable; try again shortly.", "server_error",
                                    "limits_unavailable", headers={"Retry-After": "1"})
-            verdict = self.local.admit_now(checks, request_id, lease)
+            if self.shared is not None and self.budgets is not None and any(c.kind in BUDGET_KINDS for c in checks):
+                verdict = await self._admit_outage(request_id, checks, lease)
+            else:
+                verdict = self.local.admit_now(checks, request_id, lease)
         if not verdict.allowed:
             raise refusal(checks, verdict)
-        return Ticket(request_id, checks, verdict, free_model, headers=rate_headers(checks, verdict))
+        ticket = Ticket(request_id, checks, verdict, free_model, held=verdict.backend == "store",
+                        headers=rate_headers(checks, verdict))
+        if any(c.kind == "conc" or c.kind in BUDGET_KINDS for c in checks):
+            self.open[request_id] = ticket
+        return ticket
+
+    async def _admit_outage(self, request_id: str, checks: list[Check], lease: float) -> Verdict:
+        """Redis is away: rate and concurrency limits in-process, budgets held in the store."""
+        assert self.budgets is not None
+        inner = [i for i, c in enumerate(checks) if c.kind not in BUDGET_KINDS]
+        outer = [i for i, c in enumerate(checks) if c.kind in BUDGET_KINDS]
+        rates = [checks[i] for i in inner]
+        local = self.local.admit_now(rates, request_id, lease)
+        used, resets = [0] * len(checks), [0.0] * len(checks)
+        for j, i in enumerate(inner):
+            used[i], resets[i] = local.used[j], local.resets[j]
+        if not local.allowed:
+            return Verdict(False, used, resets, inner[local.refused], local.retry_after, local.second, "store")
+        try:
+            refused, before = await self.budgets.hold(request_id, [checks[i] for i in outer])
+        except StoreError as exc:
+            self.local.undo(rates, request_id, local)
+            raise GatewayError(503, "Budgets cannot be checked right now; try again shortly.", "server_error",
+                               "limits_unavailable", headers={"Retry-After": "1"}) from exc
+        now = time.time()
+        for j, i in enumerate(outer):
+            used[i] = before[j] + (checks[i].amount if refused < 0 else 0)
+            resets[i] = checks[i].period_end - now
+        if refused >= 0:
+            self.local.undo(rates, request_id, local)
+            i = outer[refused]
+            return Verdict(False, used, resets, i, resets[i], local.second, "store")
+        return Verdict(True, used, resets, -1, 0.0, local.second, "store")
+
+    def outage_began(self) -> None:
+        """Redis just failed: budgets move to the store, starting with what is open now."""
+        if self.budgets is not None and self.on_failure == "local":
+            self.budgets.begin([t for t in self.open.values() if t.verdict.backend == "redis"])
 
     def settle(self, ticket: Ticket, event: UsageEvent | None) -> None:
         """Swap the reservation for the real usage (none when the call produced no event)."""
         if ticket.settled:
             return
         ticket.settled = True
+        self.open.pop(ticket.request_id, None)
         tokens = event.prompt_tokens + event.completion_tokens if event else 0
         cost = round(event.cost * MICROS) if event else 0
         self._settle(ticket, tokens, cost)
+        if ticket.held and event is None and self.budgets is not None:
+            self.budgets.release(ticket.request_id)
 
     def release_slots(self, ticket: Ticket) -> None:
         """Free the ticket's concurrency slots now; its budgets settle later with the counted usage."""
@@ -94,11 +148,30 @@ class Admission:
         self._settle(Ticket(ticket.request_id, slots, ticket.verdict, ticket.free_model), 0, 0)
 
     def _settle(self, ticket: Ticket, tokens: int, cost: int) -> None:
-        if ticket.verdict.backend == "redis":
+        backend = ticket.verdict.backend
+        if backend == "redis":
             if self.shared is not None and self.shared.up:
                 self.shared.limiter.settle(ticket, tokens, cost)
+        elif backend == "store":
+            self.local.settle(ticket, tokens, cost, [c for c in ticket.checks if c.kind not in BUDGET_KINDS])
         else:
             self.local.settle(ticket, tokens, cost)
+
+    async def renew(self) -> None:
+        """Scheduler job: extend the lease of every concurrency slot an open call holds."""
+        lease = self.limits.concurrency_lease_seconds
+        shared_slots, local_slots = [], []
+        for ticket in list(self.open.values()):
+            for check in ticket.checks:
+                if check.kind == "conc":
+                    slots = shared_slots if ticket.verdict.backend == "redis" else local_slots
+                    slots.append((check.counter, ticket.request_id))
+        self.local.renew_now(local_slots, lease)
+        if shared_slots and self.shared is not None and self.shared.up:
+            try:
+                await self.shared.limiter.renew(shared_slots, lease)
+            except RedisError as exc:
+                self.shared.failed(exc)
 
 
 def budget_spend(store: Store, name: str, group: str, free_models: list[str], now: float,
@@ -121,7 +194,8 @@ def budget_spend(store: Store, name: str, group: str, free_models: list[str], no
 def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str, tuple[int, float]]:
     """Budget counters as the store sees them: per user and key, this day and week.
 
-    Blocking (runs in the store pool). Values are lower bounds of the truth (events still in a
+    Blocking (runs in the store pool). Budget holds of calls admitted during a Redis outage count
+    until their events are stored. Values are lower bounds of the truth (events still in a
     replica's ledger buffer are not in the store yet), so callers only ever raise counters to them.
     """
     totals: dict[str, tuple[int, float]] = {}
@@ -131,6 +205,9 @@ def spent_in_store(store: Store, free_models: list[str], now: float) -> dict[str
             period, end, spent = budget_spend(store, name, group, free_models, now)
             for who, value in spent.items():
                 totals[f"{group}:{who}:{KIND_OF[name]}:{period}"] = (round(value * scale), end)
+    for counter, held in store.held_budgets(now).items():
+        value, end = totals.get(counter, (0, period_end(counter.rsplit(":", 1)[1])))
+        totals[counter] = (value + held, end)
     return totals
 
 

@@ -26,6 +26,8 @@ LIMIT_NAMES = (
     "cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week",
 )
 MODEL_LIMIT_NAMES = LIMIT_NAMES[:3]
+MIN_LEASE_SECONDS = 3.0
+MIN_PROGRESS_SECONDS = 0.1
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
@@ -78,6 +80,8 @@ class UsageConfig:
     spool_dir: str = "./usage-spool"
     max_buffer_events: int = 200_000
     flush_batch: int = 5_000
+    journal_dir: str = "./usage-spool/journal"
+    journal_progress_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class LimitsConfig:
     user: dict[str, float] = field(default_factory=dict)
     prompt_bytes_per_token: float = 1.0
     default_max_tokens: int = 1024
-    concurrency_lease_seconds: float = 900.0
+    concurrency_lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -257,12 +261,19 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
     usage_raw = _table(raw, "usage")
-    _reject_unknown(usage_raw, "usage", {"flush_interval_seconds", "spool_dir", "max_buffer_events", "flush_batch"})
+    _reject_unknown(usage_raw, "usage", {"flush_interval_seconds", "spool_dir", "max_buffer_events", "flush_batch",
+                                         "journal_dir", "journal_progress_seconds"})
+    spool_dir = _str(usage_raw, "usage.spool_dir", "./usage-spool")
+    progress = _number(usage_raw, "usage.journal_progress_seconds", 1.0)
+    if progress < MIN_PROGRESS_SECONDS:
+        raise ConfigError(f"usage.journal_progress_seconds: {progress!r} must be >= {MIN_PROGRESS_SECONDS:g}")
     usage = UsageConfig(
         flush_interval_seconds=_number(usage_raw, "usage.flush_interval_seconds", 2.0),
-        spool_dir=_str(usage_raw, "usage.spool_dir", "./usage-spool"),
+        spool_dir=spool_dir,
         max_buffer_events=_int(usage_raw, "usage.max_buffer_events", 200_000, minimum=1),
         flush_batch=_int(usage_raw, "usage.flush_batch", 5_000, minimum=1),
+        journal_dir=_str(usage_raw, "usage.journal_dir", "") or str(Path(spool_dir) / "journal"),
+        journal_progress_seconds=progress,
     )
 
     models_raw = raw.get("models", [])
@@ -298,12 +309,16 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     per_token = _number(table, "limits.prompt_bytes_per_token", 1.0)
     if per_token < 1:
         raise ConfigError(f"limits.prompt_bytes_per_token: {per_token!r} must be >= 1")
+    lease = _number(table, "limits.concurrency_lease_seconds", 30.0)
+    if lease < MIN_LEASE_SECONDS:
+        raise ConfigError(f"limits.concurrency_lease_seconds: {lease!r} must be >= {MIN_LEASE_SECONDS:g} "
+                          "(open calls renew their slots every third of it)")
     return LimitsConfig(
         key=parse_limit_values(table.get("key", {}), "limits.key"),
         user=parse_limit_values(table.get("user", {}), "limits.user"),
         prompt_bytes_per_token=per_token,
         default_max_tokens=_int(table, "limits.default_max_tokens", 1024, minimum=1),
-        concurrency_lease_seconds=_number(table, "limits.concurrency_lease_seconds", 900.0),
+        concurrency_lease_seconds=lease,
     )
 
 

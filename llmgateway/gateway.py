@@ -18,8 +18,10 @@ from redis.exceptions import RedisError
 from . import audit, catalog, freshness
 from .admission import Admission, quota_status, spent_in_store
 from .audit import Actor
-from .config import Config
+from .config import Config, ConfigError
 from .errors import GatewayError, unauthorized
+from .holds import StoreBudgets
+from .journal import Journal, Relayed
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
 from .limits import Ticket, merged
@@ -32,6 +34,8 @@ from .upstream import UpstreamClient
 
 log = logging.getLogger("llmgateway")
 T = TypeVar("T")
+# A budget hold taken during a Redis outage outlives the longest call by this much.
+HOLD_MARGIN_SECONDS = 60.0
 
 
 class Gateway:
@@ -48,6 +52,7 @@ class Gateway:
         self.ledger = UsageLedger(
             store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
         )
+        self.journal = Journal(config.usage.journal_dir)
         self.upstream = UpstreamClient(config.upstream)
         self.counter = TokenCounter(self.upstream.post_json)
         self.last_used: dict[str, float] = {}
@@ -56,8 +61,12 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task] = set()
-        self.shared = (SharedState(config.redis, self.invalidated, self.reconcile) if config.redis.url else None)
-        self.admission = Admission(config, self.shared)
+        self.shared = (SharedState(config.redis, self.invalidated, self.reconcile, self.redis_down)
+                       if config.redis.url else None)
+        budgets = (StoreBudgets(store, self.in_thread, self.flush, lambda: self.free_models,
+                                config.upstream.request_timeout + HOLD_MARGIN_SECONDS, config.redis.timeout_seconds)
+                   if self.shared is not None else None)
+        self.admission = Admission(config, self.shared, budgets)
         self.free_models = [m.id for m in config.models if m.free]
         self._refreshing: asyncio.Task | None = None
         self._catalog_records: list[ModelRecord] | None = None
@@ -67,11 +76,27 @@ class Gateway:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start(self) -> None:
-        """Connect to Redis (if configured) and load what was already spent into the counters."""
+        """Replay what a killed process left in the journal, connect to Redis (if configured) and
+        load what was already spent into the counters."""
+        await self._replay_journal()
         if self.shared is not None:
             await self.shared.start()
         await self.refresh_models()
         await self.reconcile()
+
+    async def _replay_journal(self) -> None:
+        events, segments = await self.in_thread(self.journal.replay)
+        for event in events:
+            self.ledger.append(event)
+        try:
+            self.journal.start(segments, self.ledger.appended)
+        except OSError as exc:
+            raise ConfigError(f"usage.journal_dir: cannot write the usage journal in "
+                              f"{self.config.usage.journal_dir!r}: {exc.strerror}") from None
+        if events:
+            log.warning("replayed %d usage events from the journal of a process that stopped without flushing "
+                        "(%d cut by the stop, recorded as estimated)", len(events), sum(e.estimated for e in events))
+            await self.flush()
 
     async def refresh_models(self) -> None:
         """Scheduler job (and on a Redis announcement): serve the catalog the store now holds
@@ -177,6 +202,10 @@ class Gateway:
             self.keys.clear()
             self.models_changed()
 
+    def redis_down(self) -> None:
+        """Redis just failed (once per outage): budgets move to the store."""
+        self.admission.outage_began()
+
     async def reconcile(self) -> None:
         """Scheduler job: make the counters and the shared key cache agree with the store (for any
         change of a key or its owner, see `freshness`).
@@ -199,6 +228,8 @@ class Gateway:
             await freshness.repair(self)
         except RedisError as exc:
             shared.failed(exc)
+            return
+        await self.in_thread(self.store.purge_holds, time.time())
 
     async def revoke_key(self, key_id: str) -> KeyRecord | None:
         """Revoke in the store, then drop the key from every replica's cache (at once through Redis)."""
@@ -244,16 +275,22 @@ class Gateway:
         if ticket is not None:
             self.admission.release_slots(ticket)
 
-    def begin(self, call: Any = None) -> None:
-        """A call (or its settlement) starts; shutdown waits for it."""
+    def begin(self, call: Any = None, relay: Relayed | None = None) -> None:
+        """A call (or its settlement) starts; shutdown waits for it, and the journal records it."""
         self.in_flight += 1
         self._idle.clear()
         if call is not None:
             self.open_calls.add(call)
+            model = call.route.model
+            self.journal.opened(call.request_id, call.ts, call.key.id, call.key.owner, model.id, call.endpoint,
+                                call.stream, call.body, (model.prompt_cost_per_1k, model.completion_cost_per_1k),
+                                relay)
 
     def end(self, call: Any = None) -> None:
         self.in_flight -= 1
-        self.open_calls.discard(call)
+        if call is not None:
+            self.open_calls.discard(call)
+            self.journal.ended(call.request_id)
         if self.in_flight == 0:
             self._idle.set()
 
@@ -263,6 +300,8 @@ class Gateway:
             call.cancel(status)
 
     def record(self, event: UsageEvent) -> None:
+        """A call's usage: into the journal first (a kill after this line loses nothing), then the ledger."""
+        self.journal.closed(event)
         self.ledger.append(event)
 
     def in_background(self, coro: Any) -> None:
@@ -294,7 +333,10 @@ class Gateway:
                 await self.in_thread(self.store.touch_keys, touched)
             except StoreError as exc:
                 log.warning("could not record key last-use times: %s", exc)
-        return await self.in_thread(self.ledger.flush)
+        self.journal.rotate(self.ledger.appended)
+        written = await self.in_thread(self.ledger.flush)
+        self.journal.retire(self.ledger.secured)
+        return written
 
     def redis_state(self) -> str:
         """"off" (not configured), "up", or "down" (limits under `redis.on_failure` meanwhile)."""
@@ -321,6 +363,7 @@ class Gateway:
             await self.shared.close()
 
     def close(self) -> None:
+        self.journal.close(self.ledger.secured, self.ledger.appended)
         self.upstream.close()
         self.executor.shutdown(wait=True)
         self.store.close()

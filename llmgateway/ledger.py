@@ -7,6 +7,10 @@ the spool cannot be written, events stay in memory up to `max_buffer_events`.
 
 Any exception from the store counts as a failed write, not only StoreError: a backend that lets
 another type escape must cost a retry, never the batch.
+
+`appended` and `secured` count events in and events written (to the store or the spool, or
+dropped when the buffer overflowed), in order: the journal deletes a segment once every event
+appended before it closed is secured.
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ class UsageLedger:
         self._seq = 0
         self.failing = False
         self.dropped = 0
+        self.appended = 0
+        self.secured = 0
 
     def append(self, event: UsageEvent) -> None:
         """Record one event (O(1), no I/O)."""
         self._events.append(event)
+        self.appended += 1
         if len(self._events) > self.max_events:
             self._events.popleft()
+            self.secured += 1
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("usage buffer full (%d events): %d events dropped", self.max_events, self.dropped)
@@ -60,6 +68,7 @@ class UsageLedger:
                 try:
                     self.store.insert_usage(taken)
                     written += len(taken)
+                    self.secured += len(taken)
                     self._recovered()
                 except Exception as exc:
                     self._failed(exc)
@@ -80,6 +89,7 @@ class UsageLedger:
     def _spool_or_keep(self, events: list[UsageEvent]) -> None:
         try:
             self._write_spool(events)
+            self.secured += len(events)
         except OSError as exc:
             log.error("cannot spool usage events (%s); keeping %d in memory", exc, len(events))
             self._events.extendleft(reversed(events))

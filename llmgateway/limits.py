@@ -17,6 +17,7 @@ from .config import LIMIT_NAMES
 from .endpoints import Endpoint
 from .errors import GatewayError
 
+BUDGET_KINDS = frozenset(("cost_d", "cost_w", "tok_d", "tok_w"))
 KIND_OF = {
     "requests_per_minute": "rpm", "tokens_per_minute": "tpm", "concurrent_requests": "conc",
     "cost_per_day": "cost_d", "cost_per_week": "cost_w", "tokens_per_day": "tok_d", "tokens_per_week": "tok_w",
@@ -70,6 +71,8 @@ class Ticket:
     verdict: Verdict
     free_model: bool
     settled: bool = False
+    held: bool = False
+    """Its budgets are held in the store (admitted while Redis was away, or open when it went)."""
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -82,6 +85,9 @@ class Limiter(Protocol):
     def settle(self, ticket: Ticket, tokens: int, cost_micros: int) -> None:
         """Replace the ticket's reservations with the real usage and free its concurrency slot."""
 
+    async def renew(self, slots: list[tuple[str, str]], lease: float) -> int:
+        """Extend the lease of these (counter, request id) slots that are still held; how many were."""
+
 
 def period_of(name: str, now: float) -> tuple[str, float]:
     """The calendar period (UTC day, or week from Monday) a budget counts in, and when it ends."""
@@ -90,6 +96,12 @@ def period_of(name: str, now: float) -> tuple[str, float]:
         return f"d{day}", (day + 1) * DAY
     week = (day + WEEK_OFFSET_DAYS) // 7
     return f"w{week}", ((week + 1) * 7 - WEEK_OFFSET_DAYS) * DAY
+
+
+def period_end(period: str) -> float:
+    """When a period named by `period_of` ("d<day>" or "w<week>") ends."""
+    number = int(period[1:])
+    return (number + 1) * DAY if period[0] == "d" else ((number + 1) * 7 - WEEK_OFFSET_DAYS) * DAY
 
 
 def merged(defaults: dict[str, float], override: dict[str, float]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """In-process counters: exact limits for one replica, and the fallback when Redis is away.
 
 The same rules as the Redis scripts in `limits_redis`: minute windows are 60 one-second buckets,
-budgets are totals per calendar period, concurrency is a set of request ids with a lease so a
-lost settlement cannot hold a slot for ever.
+budgets are totals per calendar period, concurrency is a set of request ids with a short lease
+that the open call's replica keeps renewing, so a lost settlement cannot hold a slot for long.
 """
 
 from __future__ import annotations
@@ -77,8 +77,21 @@ class LocalLimiter:
             return len(slots), 0.0, 1.0
         return self.totals.get(check.counter, 0), check.period_end - now, check.period_end - now
 
-    def settle(self, ticket: Ticket, tokens: int, cost_micros: int) -> None:
-        for check in ticket.checks:
+    def undo(self, checks: list[Check], request_id: str, verdict: Verdict) -> None:
+        """Take back an admission that another limiter then refused."""
+        for check in checks:
+            if check.kind in ("rpm", "tpm"):
+                buckets = self.windows.get(check.counter, {})
+                if verdict.second in buckets:
+                    buckets[verdict.second] -= check.amount
+            elif check.kind == "conc":
+                self.slots.get(check.counter, {}).pop(request_id, None)
+            else:
+                self.totals[check.counter] = max(0, self.totals.get(check.counter, 0) - check.amount)
+
+    def settle(self, ticket: Ticket, tokens: int, cost_micros: int, checks: list[Check] | None = None) -> None:
+        """Settle the ticket's checks (or only `checks`, those this limiter admitted)."""
+        for check in ticket.checks if checks is None else checks:
             actual = cost_micros if check.kind.startswith("cost") else tokens
             if check.kind == "tpm":
                 buckets = self.windows.get(check.counter, {})
@@ -88,6 +101,20 @@ class LocalLimiter:
                 self.slots.get(check.counter, {}).pop(ticket.request_id, None)
             elif check.kind not in ("rpm",):
                 self.totals[check.counter] = max(0, self.totals.get(check.counter, 0) + actual - check.amount)
+
+    async def renew(self, slots: list[tuple[str, str]], lease: float) -> int:
+        return self.renew_now(slots, lease)
+
+    def renew_now(self, slots: list[tuple[str, str]], lease: float) -> int:
+        """Extend the lease of these (counter, request id) slots that are still held; how many were."""
+        until = self.clock() + lease
+        renewed = 0
+        for counter, request_id in slots:
+            held = self.slots.get(counter)
+            if held is not None and request_id in held:
+                held[request_id] = until
+                renewed += 1
+        return renewed
 
     def seed(self, totals: dict[str, int]) -> None:
         """Raise budget counters to what the store says was spent (after a restart or an outage)."""

@@ -115,6 +115,20 @@ end
 return out
 """
 
+RENEW = """
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], expires, ARGV[i + 1])
+    redis.call('EXPIRE', KEYS[i], math.ceil(tonumber(ARGV[1])) + 60)
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
 SEED = """
 for i = 1, #KEYS do
   local value, expire_at = tonumber(ARGV[(i - 1) * 2 + 1]), tonumber(ARGV[(i - 1) * 2 + 2])
@@ -134,6 +148,7 @@ class RedisLimiter:
         self.client = client
         self._script = client.register_script(ADMIT)
         self._seed = client.register_script(SEED)
+        self._renew = client.register_script(RENEW)
         self._queue: list[tuple[str, list[str | int]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._admits: list[tuple[list[str], list[str | int | float], asyncio.Future]] = []
@@ -239,6 +254,15 @@ class RedisLimiter:
         except NoScriptError:
             self._script.sha = await self.client.script_load(ADMIT)
             return await self.client.evalsha(self._script.sha, len(keys), *keys, *args)
+
+    async def renew(self, slots: list[tuple[str, str]], lease: float) -> int:
+        """Extend the lease of these (counter, request id) slots that are still held, on Redis's clock."""
+        renewed = 0
+        for start in range(0, len(slots), MAX_BATCH):
+            part = slots[start:start + MAX_BATCH]
+            renewed += await self._renew(keys=[PREFIX + counter for counter, _ in part],
+                                         args=[lease, *(rid for _, rid in part)])
+        return renewed
 
     async def seed(self, totals: dict[str, tuple[int, float]]) -> None:
         """Raise budget counters to the store's figures: (value, expire-at) per counter."""

@@ -268,7 +268,7 @@ class Relay:
 
     async def run(self) -> None:
         """Relay, failing over to the next upstream on a connect error before the first byte."""
-        self.gw.begin(self.call)
+        self.gw.begin(self.call, self)
         try:
             response = None
             for upstream in self.call.route.candidates():
@@ -348,8 +348,9 @@ class Relay:
             self.sink.send(out)
 
     def _failure(self, response: HTTPResponse) -> GatewayError | None:
-        """Why the transfer ended early, or None if the upstream completed it."""
-        if response.code != 599:
+        """Why the transfer ended early, or None if the upstream completed it (a stream that sent
+        `data: [DONE]` is complete for the client, however its transfer ended)."""
+        if response.code != 599 or self.meter is not None and self.meter.done:
             return None
         if self.call.cut == SHUTTING_DOWN:
             return GatewayError(503, "The gateway is shutting down; retry.", "server_error", "shutting_down")

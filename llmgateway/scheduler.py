@@ -23,12 +23,16 @@ def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIO
     scheduler.add_job(gateway.flush, "interval", seconds=gateway.config.usage.flush_interval_seconds,
                       id="usage-flush", next_run_time=datetime.now(), **every)
     scheduler.add_job(flush_logs, "interval", seconds=1, id="log-flush", **every)
+    scheduler.add_job(gateway.journal.progress, "interval", seconds=gateway.config.usage.journal_progress_seconds,
+                      id="journal-progress", **every)
     scheduler.add_job(guarded("rollups", lambda: rollups(gateway, jobs)), "interval",
                       seconds=jobs.rollup_interval_seconds, id="rollups", **every)
     scheduler.add_job(guarded("retention", lambda: retention(gateway, jobs)), "interval",
                       seconds=jobs.retention_interval_seconds, id="retention", **every)
     scheduler.add_job(guarded("models", gateway.refresh_models), "interval",
                       seconds=gateway.config.admin.catalog_refresh_seconds, id="models", **every)
+    scheduler.add_job(guarded("slot-leases", gateway.admission.renew), "interval",
+                      seconds=gateway.config.limits.concurrency_lease_seconds / 3, id="slot-leases", **every)
     if gateway.shared is not None:
         scheduler.add_job(guarded("reconcile", gateway.reconcile), "interval",
                           seconds=gateway.config.redis.reconcile_interval_seconds, id="reconcile", **every)

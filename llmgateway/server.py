@@ -1,8 +1,9 @@
 """App assembly: open the store, build the gateway, serve HTTP, run the jobs, shut down cleanly.
 
 This is the one core module that reaches into the HTTP layer (to mount `handlers`).
-SIGTERM stops accepting, lets open streams finish for `server.drain_seconds`, cuts the rest
-(which still records what they produced), then flushes the usage ledger.
+SIGTERM turns new requests away with 503 (`shutdown`: the listener stays open, so nobody waiting
+in the accept queue is reset), lets open streams finish for `server.drain_seconds`, cuts the rest
+(which still records what they produced), closes the listener, then flushes the usage ledger.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from .log import log_request, quiet_access_log
 from .portal import Portal
 from .proxy import SHUTTING_DOWN
 from .scheduler import make_scheduler
+from .shutdown import ShutdownGate
 from .store import open_store
 
 log = logging.getLogger("llmgateway")
 
 CUT_GRACE = 5.0
+# However quickly the drain ends, new requests are answered 503 this long after SIGTERM, so the
+# connections already queued for accept get their answer before the listener closes.
+REFUSE_AT_LEAST = 1.0
 
 
 def tune_gc() -> None:
@@ -56,7 +61,8 @@ async def serve(config: Config) -> None:
         gateway.close()
         raise
     app = make_app(gateway, portal, admin, log_function=log_request)
-    server = HTTPServer(app, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
+    gate = ShutdownGate(app)
+    server = HTTPServer(gate, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
                         body_timeout=config.server.body_timeout_seconds, idle_connection_timeout=75)
     try:
         server.listen(config.server.port, config.server.host)
@@ -65,13 +71,13 @@ async def serve(config: Config) -> None:
         raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
                           f"{exc.strerror}") from None
     loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     await gateway.start()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
     tune_gc()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     log.info(
         "LLM Gateway listening on %s:%d (store %s, %d models)",
         config.server.host, config.server.port, config.store_url.split(":", 1)[0], len(config.models),
@@ -81,11 +87,14 @@ async def serve(config: Config) -> None:
                  " (development login: anyone can log in as anyone)" if portal.config.dev_login else "")
     await stopping.wait()
     log.info("shutting down: draining %d open calls for up to %.0f s", gateway.in_flight, config.server.drain_seconds)
-    server.stop()
+    gate.closing = True
+    refusing_since = loop.time()
     await gateway.drain(config.server.drain_seconds)
     if gateway.in_flight:
         gateway.cancel_all(SHUTTING_DOWN)
         await gateway.drain(CUT_GRACE)
+    await asyncio.sleep(max(0.0, REFUSE_AT_LEAST - (loop.time() - refusing_since)))
+    server.stop()
     await gateway.cancel_settlements()
     scheduler.shutdown(wait=False)
     written = await gateway.flush()

@@ -85,6 +85,7 @@ class SharedState:
         config: RedisConfig,
         on_message: Callable[[str, str], None],
         on_reconnect: Callable[[], Awaitable[None]],
+        on_down: Callable[[], None],
     ) -> None:
         self.config = config
         self.client = Redis.from_url(
@@ -97,6 +98,7 @@ class SharedState:
         self._cache = self.client.register_script(CACHE_UNLESS_GONE)
         self.on_message = on_message
         self.on_reconnect = on_reconnect
+        self.on_down = on_down
         self.up = False
         self._tasks: set[asyncio.Task] = set()
         self._listener: asyncio.Future | None = None
@@ -119,7 +121,8 @@ class SharedState:
             self._listener = self._spawn(self._listen())
 
     def failed(self, exc: BaseException) -> None:
-        """A Redis call failed: mark Redis down (warning once per outage) and start reconnecting."""
+        """A Redis call failed: mark Redis down (warning once per outage), tell `on_down` once per
+        outage, and start reconnecting."""
         if self.up or not self._recovering:
             policy = ("each replica enforces the limits on its own" if self.config.on_failure == "local"
                       else "limited calls are refused with 503")
@@ -128,6 +131,7 @@ class SharedState:
         if not self._recovering:
             self._recovering = True
             self._spawn(self._reconnect())
+            self.on_down()
 
     async def _reconnect(self) -> None:
         while True:

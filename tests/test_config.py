@@ -26,6 +26,7 @@ def test_environment_overrides_what_kubernetes_sets(tmp_path: Path) -> None:
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.store_url == "sqlite:////data/g.db"
     assert config.usage.spool_dir == "/spool"
+    assert config.usage.journal_dir == "/spool/journal", "the journal lives beside the spool unless set"
     assert config.models[0].upstreams[0].url == "http://llm.svc/a"
 
 
@@ -62,6 +63,9 @@ def test_upstream_secret_from_environment_or_file(tmp_path: Path) -> None:
         ({"store": {"url": "postgres://x"}}, "store.url"),
         ({"upstream": {"connect_timeout": -1}}, "upstream.connect_timeout"),
         ({"usage": {"flush_interval_seconds": "soon"}}, "usage.flush_interval_seconds"),
+        ({"usage": {"journal_dir": 5}}, "usage.journal_dir"),
+        ({"usage": {"journal_progress_seconds": 0}}, "usage.journal_progress_seconds"),
+        ({"usage": {"journal_progress_seconds": "often"}}, "usage.journal_progress_seconds"),
         ({"models": {"id": "a"}}, "models"),
         ({"models": [{"upstreams": ["http://h"]}]}, "models[0].id"),
         ({"models": [{"id": "a"}]}, "upstreams is missing"),

@@ -71,7 +71,8 @@ def test_jobs_never_overlap_themselves_and_merge_missed_runs(store: Store, tmp_p
     async def scenario(gateway: Gateway) -> None:
         scheduler = make_scheduler(gateway, asyncio.get_running_loop())
         jobs = {job.id: job for job in scheduler.get_jobs()}
-        assert set(jobs) == {"usage-flush", "log-flush", "rollups", "retention", "models"}, \
+        assert set(jobs) == {"usage-flush", "log-flush", "journal-progress", "slot-leases", "rollups", "retention",
+                             "models"}, \
             "no reconcile job without Redis"
         assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import socket
 import sqlite3
@@ -55,7 +57,11 @@ def test_sigterm_drains_open_streams_and_flushes(start_mock, start_gateway) -> N
         t.start()
     first_chunk.wait()
     gw.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: _refuses_connections(gw.port), 5, what="listener closed after SIGTERM")
+    wait_for(lambda: _answer(gw.port, "/v1/models")[0] == 503, 5, what="new requests refused after SIGTERM")
+    status, headers, body = _answer(gw.port, "/v1/models")
+    assert headers.get("connection") == "close" and headers.get("retry-after") == "1"
+    assert json.loads(body)["error"]["code"] == "shutting_down"
+    assert _answer(gw.port, "/healthz")[0] == 200, "liveness still answers while draining"
     for t in threads:
         t.join(20)
     assert gw.proc.wait(20) == 0
@@ -67,12 +73,39 @@ def test_sigterm_drains_open_streams_and_flushes(start_mock, start_gateway) -> N
     assert "final usage flush" in gw.log()
 
 
-def _refuses_connections(port: int) -> bool:
+def _answer(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` on a new connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_connections_queued_at_sigterm_get_an_answer_not_a_reset(start_mock, start_gateway) -> None:
+    """Requests that wait in the accept queue when SIGTERM arrives are answered (503), never reset."""
+    gw = start_gateway(model_toml("m", [start_mock().url]))
+    gw.proc.send_signal(signal.SIGSTOP)
+    queued = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            queued.append(sock)
+        gw.proc.send_signal(signal.SIGTERM)
+    finally:
+        gw.proc.send_signal(signal.SIGCONT)
+    answers = []
+    for sock in queued:
+        try:
+            answers.append(sock.recv(64).split(b"\r\n", 1)[0])
+        except ConnectionResetError:
+            answers.append(b"reset")
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 ") for a in answers), answers
+    assert gw.proc.wait(20) == 0
 
 
 def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(start_mock, start_gateway) -> None:
@@ -93,6 +126,32 @@ def test_streams_longer_than_the_drain_are_cut_with_an_error_and_still_metered(s
     assert event["status"] == 503
     assert 3 <= event["completion_tokens"] < 200
     assert event["completion_tokens"] >= len(received) and event["estimated"] == 0
+
+
+def test_sigterm_after_done_sends_nothing_more_and_meters_200(start_mock, start_gateway) -> None:
+    """The upstream sent [DONE] but holds its response open; the drain ends before it closes.
+    The client already has the whole stream: no error event may follow [DONE], and it is a 200."""
+    mock = start_mock("--linger-ms", "20000")
+    gw = start_gateway(model_toml("m", [mock.url]), server="drain_seconds = 0.5")
+    key = gw.create_key()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=15)
+    conn.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "m", "messages": MESSAGES, "max_tokens": 5, "stream": True}),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    lines = []
+    while not lines or lines[-1] != b"data: [DONE]":
+        line = resp.readline()
+        assert line, f"the stream ended before [DONE]: {lines!r}"
+        lines.append(line.strip())
+    gw.proc.send_signal(signal.SIGTERM)
+    after = resp.read()
+    conn.close()
+    assert after.strip() == b"", f"sent after [DONE]: {after!r}"
+    assert gw.proc.wait(20) == 0
+    [event] = gw.events()
+    assert event["status"] == 200 and event["completion_tokens"] == 5 and event["estimated"] == 0
 
 
 @pytest.fixture

@@ -110,6 +110,22 @@ def test_concurrency_slot_freed_by_settlement_or_lease(run_with: Callable[[Scena
     run_with(scenario)
 
 
+def test_renewed_slots_outlive_their_lease_and_others_expire(run_with: Callable[[Scenario], None]) -> None:
+    async def scenario(limiter: Limiter) -> None:
+        checks = [check("concurrent_requests", 2)]
+        assert (await limiter.admit(checks, "kept", 0.5)).allowed
+        assert (await limiter.admit(checks, "lost", 0.5)).allowed
+        counter = checks[0].counter
+        deadline = time.monotonic() + 5
+        while not (await limiter.admit(checks, "new", 60)).allowed:
+            assert await limiter.renew([(counter, "kept"), (counter, "gone")], 0.5) == 1, "only held slots renew"
+            assert time.monotonic() < deadline, "the slot nobody renewed never expired"
+            await asyncio.sleep(0.1)
+        assert not (await limiter.admit(checks, "more", 60)).allowed, "the renewed slot is still held"
+
+    run_with(scenario)
+
+
 def test_budget_refuses_what_would_overshoot_and_checks_are_all_or_nothing(
     run_with: Callable[[Scenario], None],
 ) -> None:
@@ -248,6 +264,8 @@ def test_refusal_reads_as_openai_and_carries_the_headers() -> None:
         ({"limits": {"key": {"requests_per_hour": 1}}}, "limits.key.requests_per_hour is not a known setting"),
         ({"limits": {"user": {"cost_per_day": -1}}}, "limits.user.cost_per_day"),
         ({"limits": {"prompt_bytes_per_token": 0.5}}, "limits.prompt_bytes_per_token"),
+        ({"limits": {"concurrency_lease_seconds": 1}}, "limits.concurrency_lease_seconds: 1.0 must be >= 3"),
+        ({"limits": {"concurrency_lease_seconds": "soon"}}, "limits.concurrency_lease_seconds"),
         ({"redis": {"url": "http://localhost"}}, "redis.url"),
         ({"redis": {"on_failure": "ignore"}}, "redis.on_failure"),
         ({"jobs": {"retention_days": 7}}, "jobs.retention_days"),

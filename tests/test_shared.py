@@ -32,7 +32,8 @@ def with_shared(redis_server: RedisServer, scenario: Callable[[SharedState, list
             seen.append(("reconnected", ""))
 
         shared = SharedState(RedisConfig(url=redis_server.url, timeout_seconds=0.5),
-                             lambda kind, value: seen.append((kind, value)), reconnected)
+                             lambda kind, value: seen.append((kind, value)), reconnected,
+                             lambda: seen.append(("down", "")))
         await shared.start()
         deadline = time.monotonic() + 10
         while (await shared.client.pubsub_numsub(CHANNEL))[0][1] < 1:

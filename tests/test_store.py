@@ -21,6 +21,7 @@ import pytest
 from llmgateway.keys import hash_key, make_record
 from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import Store, StoreError, open_store
+from llmgateway.store.base import BudgetHold
 from llmgateway.store.mongo import INDEX_OPTIONS, MongoStore, declared_indexes
 from tests.backends import MONGO, Backend, open_backend
 from tests.conftest import wait_for
@@ -170,6 +171,46 @@ def test_usage_insert_is_idempotent_by_request_id(store: Store) -> None:
     assert store.insert_usage([]) == 0
     assert store.count_usage() == 3
     assert store.usage_events() == [event("r1"), event("r2"), event("r3")]
+
+
+def cost_hold(counter: str = "user:u:cost_d:d1", amount: int = 400_000, limit: int = 2_000_000,
+              who: str = "u") -> BudgetHold:
+    return BudgetHold(counter, "user", who, 500.0, False, (), 1_000_000, amount, limit)
+
+
+def test_budget_holds_count_until_their_event_is_stored(store: Store) -> None:
+    store.insert_usage([event("old", cost=0.5), event("before-period", ts=100.0, cost=9.0)])
+    assert store.reserve_budgets("a", [cost_hold()], 1_000.0, 2_000.0) == (-1, [500_000])
+    assert store.reserve_budgets("b", [cost_hold()], 1_000.0, 2_000.0) == (-1, [900_000])
+    assert store.reserve_budgets("c", [cost_hold()], 1_000.0, 2_000.0) == (-1, [1_300_000])
+    assert store.reserve_budgets("d", [cost_hold()], 1_000.0, 2_000.0) == (0, [1_700_000]), "0.4 more is over 2.0"
+    assert store.held_budgets(1_000.0) == {"user:u:cost_d:d1": 1_200_000}
+    store.insert_usage([event("a", cost=0.1)])
+    assert store.reserve_budgets("d", [cost_hold()], 1_000.0, 2_000.0) == (-1, [1_400_000]), \
+        "a's event replaced its hold: counted once, at what it cost"
+    store.release_budgets("b")
+    assert store.held_budgets(1_000.0) == {"user:u:cost_d:d1": 800_000}
+    assert store.held_budgets(2_500.0) == {}, "expired holds count no more"
+    assert store.purge_holds(1_000.0) == 1, "a's hold went once its event was stored"
+    assert store.purge_holds(2_500.0) == 2
+
+
+def test_budget_holds_are_all_or_nothing_and_token_budgets_count_their_models(store: Store) -> None:
+    store.insert_usage([event("free", model="f", p=30, c=10), event("priced", model="m", p=500, c=500)])
+    tokens = BudgetHold("key:k:tok_d:d1", "key_id", "k", 500.0, True, ("f",), 1, 50, 100)
+    assert store.reserve_budgets("a", [cost_hold(limit=10_000_000), tokens], 1_000.0, 2_000.0) == (-1, [1_000_000, 40])
+    assert store.reserve_budgets("b", [cost_hold(limit=10_000_000), tokens], 1_000.0, 2_000.0) == (1, [1_400_000, 90])
+    assert store.held_budgets(1_000.0) == {"user:u:cost_d:d1": 400_000, "key:k:tok_d:d1": 50}, \
+        "the refused call held nothing"
+
+
+def test_budget_holds_never_let_two_processes_take_the_last_of_a_budget(store: Store) -> None:
+    def take(i: int) -> bool:
+        return store.reserve_budgets(f"r{i}", [cost_hold(amount=100_000, limit=1_000_000)], 1_000.0, 2_000.0)[0] < 0
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(take, range(30)))
+    assert taken.count(True) == 10
 
 
 def test_usage_events_range(store: Store) -> None:

@@ -7,6 +7,7 @@ never counts twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
 from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent, UserRecord
@@ -63,6 +64,27 @@ class RollupRow(TypedDict):
 
 
 BUCKETS = {"hour": 3600, "day": 86400}
+HOLD_FIELDS = ("user", "key_id")
+
+
+@dataclass(frozen=True)
+class BudgetHold:
+    """What one call reserves of one budget while the store keeps the budgets (Redis away).
+
+    A budget's use is what its events in the store add up to (cost times `scale`, or the tokens of
+    `models`) since the start of its period, plus the live holds on its counter whose events are
+    not stored yet: a hold counts from admission until its call's event reaches the store.
+    """
+
+    counter: str
+    field: str
+    who: str
+    since: float
+    tokens: bool
+    models: tuple[str, ...]
+    scale: int
+    amount: int
+    limit: int
 
 
 class Store(Protocol):
@@ -133,6 +155,24 @@ class Store(Protocol):
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
         """Take or renew the lease `name` for `ttl` seconds; False while another holder has it."""
+
+    def reserve_budgets(self, request_id: str, holds: list[BudgetHold], now: float,
+                        expires: float) -> tuple[int, list[int]]:
+        """Hold every budget for one call if all of them fit, else none.
+
+        Returns (index of the first hold that does not fit, or -1; each budget's use before this
+        call). Atomic across processes sharing the store: two replicas never both take the last of
+        a budget. Holds count until their call's event is stored, or until `expires`.
+        """
+
+    def release_budgets(self, request_id: str) -> None:
+        """Drop a call's holds (it ended without a usage event)."""
+
+    def held_budgets(self, now: float) -> dict[str, int]:
+        """Live holds whose events are not stored yet, summed per counter."""
+
+    def purge_holds(self, now: float) -> int:
+        """Drop holds that expired or whose events are stored; return how many went."""
 
     def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
         """Replace a key's limit overrides; return the key, or None if no such key."""

@@ -16,6 +16,7 @@ import functools
 import heapq
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.cursor import Cursor
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, DuplicateKeyError, PyMongoError
@@ -34,10 +35,12 @@ from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent
 from .base import (
     BUCKETS,
     GROUPS,
+    HOLD_FIELDS,
     KEY_CHANGES,
     KEY_STATUSES,
     REPORT_ORDERS,
     USER_CHANGES,
+    BudgetHold,
     DailyRow,
     RollupRow,
     StoreError,
@@ -84,6 +87,10 @@ DEEP_OFFSET = 1_000
 # The claims TTL index is a backstop for a stopped purge job, so it waits this long past expiry.
 # Changing it needs no rebuild: `init` applies a new value with collMod.
 CLAIM_TTL_GRACE_SECONDS = 3600
+# Budget holds take a short lock per budget counter (a lease document): MongoDB has no
+# multi-document atomicity without a replica set, and a hold reads many events, then writes.
+HOLD_LOCK_SECONDS = 5.0
+HOLD_LOCK_WAIT_SECONDS = 5.0
 ROLLUP_KEY = ("bucket", "start", "user", "key_id", "model")
 USER_FIELDS = tuple(f.name for f in fields(UserRecord) if f.name != "username")
 # `owner_disabled` is the owner's state, filled in by the gateway: never stored with the key.
@@ -206,6 +213,13 @@ QUERIES: dict[str, Shape] = {
     "claims.by_id": Shape("claims", ID, "equality on _id (namespace and item)"),
     "claims.expired": Shape("claims", (("expires", ASCENDING),), "purge: a range on expires"),
     "claims.ttl": Shape("claims", (("expires_at", ASCENDING),), "the server's TTL monitor (a backstop to purge)"),
+    "holds.of_counters": Shape("budget_holds", (("counter", ASCENDING), ("expires", ASCENDING)),
+                               "counter equality then an expires range: the live holds of the budgets a "
+                               "reservation checks, while Redis is away"),
+    "holds.live": Shape("budget_holds", (("expires", ASCENDING),), "an expires range: every live hold "
+                        "(reconciliation after an outage), and purge's delete of expired ones"),
+    "holds.of_request": Shape("budget_holds", (("request_id", ASCENDING),), "request id equality: a call's "
+                              "holds, released when it produced no event"),
 }
 INDEX_OPTIONS: dict[tuple[str, Index], dict[str, Any]] = {
     ("api_keys", QUERIES["keys.by_hash"].index): {"unique": True},
@@ -651,6 +665,89 @@ class MongoStore:
             self.db.leases, {"_id": name, "$or": [{"until": {"$lte": now}}, {"holder": holder}]},
             {"holder": holder, "until": now + ttl},
         )
+
+    @_mapped
+    def reserve_budgets(self, request_id: str, holds: list[BudgetHold], now: float,
+                        expires: float) -> tuple[int, list[int]]:
+        locks = sorted({"hold:" + hold.counter for hold in holds})
+        token = secrets.token_hex(8)
+        taken: list[str] = []
+        try:
+            for name in locks:
+                self._lock(name, token)
+                taken.append(name)
+            live = self._live_holds(now, [hold.counter for hold in holds])
+            used = [self._stored_use(hold) + sum(live.get(hold.counter, {}).values()) for hold in holds]
+            for i, hold in enumerate(holds):
+                if used[i] + hold.amount > hold.limit:
+                    return i, used
+            self.db.budget_holds.bulk_write([
+                ReplaceOne({"_id": f"{request_id} {hold.counter}"},
+                           {"request_id": request_id, "counter": hold.counter, "amount": hold.amount,
+                            "expires": expires}, upsert=True)
+                for hold in holds
+            ])
+            return -1, used
+        finally:
+            for name in taken:
+                self.db.leases.delete_one({"_id": name, "holder": token})
+
+    def _lock(self, name: str, token: str) -> None:
+        deadline = time.monotonic() + HOLD_LOCK_WAIT_SECONDS
+        while True:
+            now = time.time()
+            if self._take(self.db.leases, {"_id": name, "until": {"$lte": now}},
+                          {"holder": token, "until": now + HOLD_LOCK_SECONDS}):
+                return
+            if time.monotonic() > deadline:
+                raise StoreError(f"budget lock {name} stayed busy for {HOLD_LOCK_WAIT_SECONDS:g} s")
+            time.sleep(0.002)
+
+    def _stored_use(self, hold: BudgetHold) -> int:
+        if hold.field not in HOLD_FIELDS:
+            raise StoreError(f"cannot hold a budget on {hold.field!r}")
+        match: dict[str, Any] = {hold.field: hold.who, "ts": {"$gte": hold.since}}
+        if hold.tokens:
+            if not hold.models:
+                return 0
+            match["model"] = {"$in": list(hold.models)}
+            measure: Any = {"$add": ["$prompt_tokens", "$completion_tokens"]}
+        else:
+            measure = "$cost"
+        rows = list(self.db.usage_events.aggregate(
+            [{"$match": match}, {"$group": {"_id": None, "total": {"$sum": measure}}}]))
+        return round((rows[0]["total"] if rows else 0) * hold.scale)
+
+    def _live_holds(self, now: float, counters: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Unexpired holds whose events are not stored: {counter: {request id: amount}}."""
+        query: dict[str, Any] = {"expires": {"$gt": now}}
+        if counters is not None:
+            query["counter"] = {"$in": counters}
+        found = list(self._find("holds.live" if counters is None else "holds.of_counters", query))
+        ids = list({d["request_id"] for d in found})
+        stored = {d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})} if ids else set()
+        live: dict[str, dict[str, int]] = {}
+        for d in found:
+            if d["request_id"] not in stored:
+                live.setdefault(d["counter"], {})[d["request_id"]] = d["amount"]
+        return live
+
+    @_mapped
+    def release_budgets(self, request_id: str) -> None:
+        self.db.budget_holds.delete_many({"request_id": request_id})
+
+    @_mapped
+    def held_budgets(self, now: float) -> dict[str, int]:
+        return {counter: sum(held.values()) for counter, held in self._live_holds(now).items()}
+
+    @_mapped
+    def purge_holds(self, now: float) -> int:
+        gone = self.db.budget_holds.delete_many({"expires": {"$lte": now}}).deleted_count
+        ids = list({d["request_id"] for d in self.db.budget_holds.find({}, {"request_id": True})})
+        if ids:
+            stored = [d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})]
+            gone += self.db.budget_holds.delete_many({"request_id": {"$in": stored}}).deleted_count
+        return gone
 
     @_mapped
     def claim_once(self, namespace: str, item_id: str, expires: float) -> bool:

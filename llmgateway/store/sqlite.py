@@ -22,10 +22,12 @@ from ..records import AdminToken, AuditEntry, KeyRecord, ModelRecord, UsageEvent
 from .base import (
     BUCKETS,
     GROUPS,
+    HOLD_FIELDS,
     KEY_CHANGES,
     KEY_STATUSES,
     REPORT_ORDERS,
     USER_CHANGES,
+    BudgetHold,
     DailyRow,
     RollupRow,
     StoreError,
@@ -147,6 +149,14 @@ CREATE TABLE IF NOT EXISTS claims (
     PRIMARY KEY (namespace, item_id)
 );
 CREATE INDEX IF NOT EXISTS claims_expires ON claims(expires);
+CREATE TABLE IF NOT EXISTS budget_holds (
+    request_id TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (request_id, counter)
+);
+CREATE INDEX IF NOT EXISTS budget_holds_counter ON budget_holds(counter, expires);
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY,
     settings TEXT NOT NULL,
@@ -200,6 +210,8 @@ USAGE_COLUMNS = (
     "ts, request_id, key_id, user, model, prompt_tokens, completion_tokens, cost, status, "
     "latency_ms, streamed, estimated, endpoint"
 )
+# A budget hold counts until its call's event is stored.
+UNSTORED = "NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.request_id = budget_holds.request_id)"
 SUMS = "count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost), sum(estimated)"
 DAY_EXPR = "strftime('%Y-%m-%d', ts, 'unixepoch')"
 GROUP_EXPR = {"user": "user", "key": "key_id", "model": "model", "day": DAY_EXPR}
@@ -469,6 +481,32 @@ class SQLiteStore:
             "WHERE leases.until <= ? OR leases.holder = excluded.holder",
             (name, holder, now + ttl, now),
         ) == 1
+
+    def reserve_budgets(self, request_id: str, holds: list[BudgetHold], now: float,
+                        expires: float) -> tuple[int, list[int]]:
+        with self._transaction("IMMEDIATE") as conn:
+            used = [_budget_used(conn, hold, now) for hold in holds]
+            for i, hold in enumerate(holds):
+                if used[i] + hold.amount > hold.limit:
+                    return i, used
+            conn.executemany(
+                "INSERT OR REPLACE INTO budget_holds (request_id, counter, amount, expires) VALUES (?, ?, ?, ?)",
+                [(request_id, hold.counter, hold.amount, expires) for hold in holds],
+            )
+            return -1, used
+
+    def release_budgets(self, request_id: str) -> None:
+        self._run("DELETE FROM budget_holds WHERE request_id = ?", (request_id,))
+
+    def held_budgets(self, now: float) -> dict[str, int]:
+        rows = self._run(
+            f"SELECT counter, sum(amount) FROM budget_holds WHERE expires > ? AND {UNSTORED} GROUP BY counter",
+            (now,),
+        ).fetchall()
+        return dict(rows)
+
+    def purge_holds(self, now: float) -> int:
+        return self._changes(f"DELETE FROM budget_holds WHERE expires <= ? OR NOT {UNSTORED}", (now,))
 
     def upsert_user(self, user: UserRecord) -> UserRecord:
         self._run(
@@ -791,6 +829,28 @@ def _bucket_size(bucket: str) -> int:
     if bucket not in BUCKETS:
         raise StoreError(f"unknown rollup bucket {bucket!r} (use {' or '.join(BUCKETS)})")
     return BUCKETS[bucket]
+
+
+def _budget_used(conn: sqlite3.Connection, hold: BudgetHold, now: float) -> int:
+    """A budget's use as the store sees it: its stored events plus its live holds (see `BudgetHold`)."""
+    if hold.field not in HOLD_FIELDS:
+        raise StoreError(f"cannot hold a budget on {hold.field!r}")
+    stored = 0.0
+    if not hold.tokens:
+        stored = conn.execute(f"SELECT total(cost) FROM usage_events WHERE {hold.field} = ? AND ts >= ?",
+                              (hold.who, hold.since)).fetchone()[0]
+    elif hold.models:
+        marks = ", ".join("?" * len(hold.models))
+        stored = conn.execute(
+            f"SELECT total(prompt_tokens + completion_tokens) FROM usage_events "
+            f"WHERE {hold.field} = ? AND ts >= ? AND model IN ({marks})",
+            (hold.who, hold.since, *hold.models),
+        ).fetchone()[0]
+    held = conn.execute(
+        f"SELECT coalesce(sum(amount), 0) FROM budget_holds WHERE counter = ? AND expires > ? AND {UNSTORED}",
+        (hold.counter, now),
+    ).fetchone()[0]
+    return round(stored * hold.scale) + held
 
 
 def _filters(
