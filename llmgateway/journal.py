@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .endpoints import Endpoint
 from .metering import StreamMeter
 from .records import UsageEvent
 from .tokencount import estimate, estimate_prompt
@@ -139,10 +140,10 @@ class Journal:
         if self._pending:
             self._write(b"")
 
-    def opened(self, request_id: str, ts: float, key_id: str, user: str, model: str, endpoint: str,
+    def opened(self, request_id: str, ts: float, key_id: str, user: str, model: str, endpoint: Endpoint,
                stream: bool, body: dict, prices: tuple[float, float], relay: Relayed | None) -> None:
         """A call was admitted and goes upstream."""
-        line = (json.dumps(["o", request_id, ts, key_id, user, model, endpoint, stream,
+        line = (json.dumps(["o", request_id, ts, key_id, user, model, endpoint.path, stream,
                             estimate_prompt(endpoint, body), prices[0], prices[1]]) + "\n").encode()
         self.open[request_id] = Entry(line, relay if stream else None)
         self._write_soon(line)

@@ -40,6 +40,7 @@ from llmgateway.ledger import UsageLedger
 from llmgateway.records import AdminToken, AuditEntry, ModelRecord, UsageEvent, UserRecord
 from llmgateway.store import StoreError, open_store
 from llmgateway.store import mongo as mongo_module
+from llmgateway.store.base import BudgetHold
 from llmgateway.store.mongo import ID, QUERIES, Index, MongoStore, declared_indexes
 from tests.backends import _mongomock_client
 
@@ -435,6 +436,12 @@ def sweep(store: MongoStore) -> None:
         store.find_usage(**kwargs)
         store.find_usage(**kwargs, until=3 * DAY, offset=2, limit=2)
     store.delete_usage_before(DAY)
+    for by, tokens in (("user", False), ("key_id", True)):
+        hold = BudgetHold("c", by, "ann", 0.0, tokens, ("m",), 1, 1, 10**9)
+        store.reserve_budgets(f"hold-{by}", [hold], 1.0, 100.0)
+    store.held_budgets(1.0)
+    store.release_budgets("hold-user")
+    store.purge_holds(200.0)
     store.acquire_lease("rollups", "me", 60.0)
     store.claim_once("saml", "id-1", 10.0)
     store.is_claimed("saml", "id-1")

@@ -166,6 +166,8 @@ QUERIES: dict[str, Shape] = {
                   ("admin_granted", ASCENDING), ("disabled", ASCENDING)),
         "the admin user list by username: search, role and status are tested on the index keys, so a "
         "search reads only the (narrow) index, and documents only for the page", ID),
+    "events.by_id": Shape("usage_events", ID, "equality on _id (the request id): which held calls' events are "
+                          "stored already"),
     "events.by_ts": Shape(
         "usage_events", OLDEST_EVENTS, "a ts range without user, key or model: rollup rebuilds, reports' "
         "live part, usage_events() in order, retention's delete", OLDEST_EVENTS),
@@ -714,8 +716,8 @@ class MongoStore:
             measure: Any = {"$add": ["$prompt_tokens", "$completion_tokens"]}
         else:
             measure = "$cost"
-        rows = list(self.db.usage_events.aggregate(
-            [{"$match": match}, {"$group": {"_id": None, "total": {"$sum": measure}}}]))
+        rows = self._aggregate(_events_shape(match), [{"$match": match},
+                                                      {"$group": {"_id": None, "total": {"$sum": measure}}}])
         return round((rows[0]["total"] if rows else 0) * hold.scale)
 
     def _live_holds(self, now: float, counters: list[str] | None = None) -> dict[str, dict[str, int]]:
@@ -725,7 +727,7 @@ class MongoStore:
             query["counter"] = {"$in": counters}
         found = list(self._find("holds.live" if counters is None else "holds.of_counters", query))
         ids = list({d["request_id"] for d in found})
-        stored = {d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})} if ids else set()
+        stored = {d["_id"] for d in self._find("events.by_id", {"_id": {"$in": ids}}, {"_id": True})} if ids else set()
         live: dict[str, dict[str, int]] = {}
         for d in found:
             if d["request_id"] not in stored:
@@ -743,9 +745,9 @@ class MongoStore:
     @_mapped
     def purge_holds(self, now: float) -> int:
         gone = self.db.budget_holds.delete_many({"expires": {"$lte": now}}).deleted_count
-        ids = list({d["request_id"] for d in self.db.budget_holds.find({}, {"request_id": True})})
+        ids = list({d["request_id"] for d in self._find("holds.of_request", {}, {"request_id": True, "_id": False})})
         if ids:
-            stored = [d["_id"] for d in self.db.usage_events.find({"_id": {"$in": ids}}, {"_id": True})]
+            stored = [d["_id"] for d in self._find("events.by_id", {"_id": {"$in": ids}}, {"_id": True})]
             gone += self.db.budget_holds.delete_many({"request_id": {"$in": stored}}).deleted_count
         return gone
 
