@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -159,6 +160,28 @@ class BodyReader(RequestHandler):
             self._parts.append(chunk)
         else:
             self._parts = []
+
+    _body_clock: Any = None
+
+    def watch_body(self, seconds: float) -> None:
+        """Close the connection unless the body has arrived within `seconds` (see `handlers.guard`)."""
+        self._body_clock = asyncio.get_running_loop().call_later(seconds, self._body_too_slow)
+
+    def body_arrived(self) -> None:
+        if self._body_clock is not None:
+            self._body_clock.cancel()
+            self._body_clock = None
+
+    def _body_too_slow(self) -> None:
+        log.info("%s %s: the body did not arrive in time; connection closed", self.request.method,
+                 self.request.path[:200])
+        self._body_clock = None
+        self.request.connection.close()  # type: ignore[union-attr]
+
+    def on_connection_close(self) -> None:
+        """Also ends Tornado's wait for the rest of a body that will never come (a cut trickle)."""
+        self.body_arrived()
+        super().on_connection_close()
 
     def check_content_length(self) -> None:
         """A 413 before reading, when the declared length is already past the cap."""

@@ -43,7 +43,7 @@ log = logging.getLogger("llmgateway.journal")
 # A call the crash cut before its response started: the client saw the gateway go away.
 CUT_STATUS = 503
 # Lines are JSON arrays (cheaper to write than objects) with these fields after the kind; an
-# event line is an object {"ev": <the event>}.
+# event line ("e") holds the event's fields in the order `UsageEvent` declares them.
 OPENED = ("id", "ts", "k", "u", "m", "e", "s", "p", "pc", "cc")
 PROGRESS = ("id", "c", "st", "at")
 
@@ -151,7 +151,7 @@ class Journal:
     def closed(self, event: UsageEvent) -> None:
         """A call's event was recorded (just before it goes into the ledger)."""
         self.open.pop(event.request_id, None)
-        self._write((json.dumps({"ev": vars(event)}) + "\n").encode())
+        self._write_soon((json.dumps(["e", *vars(event).values()]) + "\n").encode())
 
     def ended(self, request_id: str) -> None:
         """A call's relay is over: an event is on its way (counted in the background) or never comes."""
@@ -229,8 +229,8 @@ def rebuild(lines: list[Any]) -> list[UsageEvent]:
     dropped: set[str] = set()
     for line in lines:
         try:
-            if isinstance(line, dict):
-                event = UsageEvent(**line["ev"])
+            if line[0] == "e":
+                event = UsageEvent(*line[1:])
                 done[event.request_id] = event
             elif line[0] == "o":
                 opened[line[1]] = dict(zip(OPENED, line[1:], strict=True))

@@ -38,15 +38,18 @@ INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 COUNT_WAIT_SECONDS = 60.0
 CLIENT_CLOSED = 499
 SHUTTING_DOWN = 503
-_ID_PREFIX = int.from_bytes(os.urandom(8)) << 64
+# The upper half of every request id of this process: random, with the UUID version-4 bits set.
+_ID_PREFIX = str(uuid.UUID(int=int.from_bytes(os.urandom(8)) << 64, version=4))[:19]
 _ID_COUNTER = itertools.count(1)
+_VARIANT = 0x8 << 60
 
 
 def new_request_id() -> str:
     """A version-4 UUID: unique across processes (random per-process upper half) and cheap (a
-    counter below it). Servers validate the X-Request-Id they are sent; llama-cpp-python's refuses
-    anything but a UUID with an empty 400."""
-    return str(uuid.UUID(int=_ID_PREFIX | next(_ID_COUNTER), version=4))
+    counter below it, with the variant bits). Servers validate the X-Request-Id they are sent;
+    llama-cpp-python's refuses anything but a UUID with an empty 400."""
+    low = _VARIANT | next(_ID_COUNTER)
+    return f"{_ID_PREFIX}{low >> 48:04x}-{low & 0xFFFFFFFFFFFF:012x}"
 
 
 # What an OpenAI-compatible server needs from the client's headers to serve a call. Nothing else

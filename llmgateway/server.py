@@ -63,7 +63,7 @@ async def serve(config: Config) -> None:
     app = make_app(gateway, portal, admin, log_function=log_request)
     gate = ShutdownGate(app)
     server = HTTPServer(gate, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
-                        body_timeout=config.server.body_timeout_seconds, idle_connection_timeout=75)
+                        idle_connection_timeout=75)
     try:
         server.listen(config.server.port, config.server.host)
     except OSError as exc:
