@@ -10,6 +10,15 @@ reading the body (see `BodyReader`) can answer a chunked body past the cap with 
 A body must arrive within `server.body_timeout_seconds`. Tornado's own body timeout costs a
 few percent of a /v1 call's CPU (a timeout future around every body read), so /v1 keeps its
 own clock, one timer per call (`BodyReader.watch_body`); the other doors use Tornado's.
+
+Draining without resetting anyone (`ShutdownGate`): on SIGTERM the listener stays open and new
+requests get a 503. Closing the listening socket at once resets every connection still waiting
+in the kernel's accept queue (and any that arrive before the load balancer has noticed), and the
+client sees a bare reset with no answer. Instead, from SIGTERM until the open calls have drained,
+every new request (on a new or a kept-alive connection) is answered `503 shutting_down` with
+`Connection: close` and `Retry-After: 1`, which clients and SDKs retry elsewhere; `/healthz`
+still answers, so the liveness probe does not restart a draining process. The listener closes
+only when the drain is over.
 """
 
 from __future__ import annotations
@@ -28,6 +37,22 @@ log = logging.getLogger("llmgateway.access")
 MAX_HEADER_BLOCK = 256 * 1024
 SMALL_BODY = 64 * 1024
 SAML_BODY = 512 * 1024
+SHUTTING_DOWN = GatewayError(503, "The gateway is shutting down; retry.", "server_error", "shutting_down",
+                             headers={"Retry-After": "1"})
+STILL_SERVED = ("/healthz",)
+
+
+def answer_and_close(conn: httputil.HTTPConnection, err: GatewayError) -> None:
+    """Answer `err` below the application (no handler runs) and close the connection after it."""
+    body = json.dumps(err.body()).encode()
+    headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body)),
+                                    "Connection": "close", **err.headers})
+    reason = httputil.responses.get(err.status, "Error")
+    written = conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", err.status, reason), headers, body)
+    conn.finish()
+    stream = getattr(conn, "stream", None)
+    if stream is not None and written is not None:
+        written.add_done_callback(lambda _: stream.close())
 
 
 def door_cap(path: str, api_cap: int) -> int:
@@ -88,11 +113,7 @@ class RequestGuard(httputil.HTTPMessageDelegate):
     def refuse(self, status: int, start_line: httputil.RequestStartLine, path: str, err: GatewayError) -> None:
         """Answer and close without reading the body or routing the request."""
         self.refused = True
-        body = json.dumps(err.body()).encode()
-        reason = httputil.responses.get(status, "Error")
-        self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, reason), httputil.HTTPHeaders({
-            "Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "close"}), body)
-        self.conn.finish()
+        answer_and_close(self.conn, err)
         log.warning("%d %s %s (refused before routing)", status, start_line.method, path[:200])
 
     def data_received(self, chunk: bytes) -> Any:
@@ -106,4 +127,45 @@ class RequestGuard(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         if not self.refused:
+            self.inner.on_connection_close()
+
+
+class ShutdownGate(httputil.HTTPServerConnectionDelegate):
+    """Wraps the application; once `closing` is set, new requests are refused (see the module)."""
+
+    def __init__(self, app: httputil.HTTPServerConnectionDelegate) -> None:
+        self.app = app
+        self.closing = False
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        inner = self.app.start_request(server_conn, request_conn)
+        return Refusal(request_conn, inner) if self.closing else inner
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class Refusal(httputil.HTTPMessageDelegate):
+    """One request during the drain: a 503 and the connection closed, or passed on (`STILL_SERVED`)."""
+
+    def __init__(self, conn: httputil.HTTPConnection, inner: httputil.HTTPMessageDelegate) -> None:
+        self.conn = conn
+        self.inner = inner
+        self.passed = False
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        self.passed = start_line.path in STILL_SERVED
+        return self.inner.headers_received(start_line, headers) if self.passed else None
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.inner.data_received(chunk) if self.passed else None
+
+    def finish(self) -> None:
+        if self.passed:
+            self.inner.finish()
+            return
+        answer_and_close(self.conn, SHUTTING_DOWN)
+
+    def on_connection_close(self) -> None:
+        if self.passed:
             self.inner.on_connection_close()

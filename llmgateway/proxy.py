@@ -381,9 +381,7 @@ class Relay:
         if tail:
             self.sink.send(tail)
         if meter.done:
-            # The upstream finished the stream; what broke after its `[DONE]` (the client leaving at
-            # once, a shutdown, the connection's close) took nothing from the client.
-            err = None
+            err = None  # a `[DONE]` held back in the tail: `_failure` could not see it yet
         if err is not None and err.status != CLIENT_CLOSED:
             self.sink.send(sse_error_event(f"The stream broke off: {err.message}", err.type, err.code))
         self.sink.end()

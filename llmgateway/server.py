@@ -16,7 +16,7 @@ import signal
 from tornado.httpserver import HTTPServer
 
 from handlers import make_app
-from handlers.guard import MAX_HEADER_BLOCK
+from handlers.guard import MAX_HEADER_BLOCK, ShutdownGate
 
 from .admin import Admin
 from .admin_auth import bootstrap_hash
@@ -26,7 +26,6 @@ from .log import log_request, quiet_access_log
 from .portal import Portal
 from .proxy import SHUTTING_DOWN
 from .scheduler import make_scheduler
-from .shutdown import ShutdownGate
 from .store import open_store
 
 log = logging.getLogger("llmgateway")
