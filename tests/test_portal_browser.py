@@ -264,7 +264,7 @@ def test_the_main_flow_by_keyboard_alone(page: Page, start_gateway: Callable[...
     gw = start_gateway(model_toml("test-model", ["http://127.0.0.1:9"]), extra=DEV_PORTAL)
     page.goto(gw.url + "/portal")
     page.wait_for_url(gw.url + "/portal/dev-login?next=%2Fportal")
-    assert focused(page) == 'input ""', "the username field has the focus"
+    expect(page.locator("input[name=username]"), "the username field has the focus").to_be_focused()
     page.keyboard.type("keyboard-person")
     page.keyboard.press("Enter")
     page.wait_for_url(gw.url + "/portal")
@@ -272,7 +272,7 @@ def test_the_main_flow_by_keyboard_alone(page: Page, start_gateway: Callable[...
 
     assert press_until(page, "Tab", "#skip", 1) == 1, "the skip link comes first"
     page.keyboard.press("Enter")
-    assert focused(page) == "#main"
+    expect(page.locator("#main")).to_be_focused()
     press_until(page, "Tab", "#terms-check", 3)
     page.keyboard.press("Space")
     press_until(page, "Tab", "#terms-form button", 1)
