@@ -284,6 +284,8 @@ class Relay:
                 if not (response.code == 599 and never_connected(response)) or self.started_client:
                     break
                 mark_down(upstream)
+                upstream.failures += 1
+                upstream.failovers += 1
                 log.warning("upstream %s unreachable for model %s; trying the next", redact_url(upstream.url),
                             self.call.route.model.id)
             assert response is not None

@@ -17,12 +17,19 @@ RETRY_AFTER_FAILURE = 5.0
 
 @dataclass
 class UpstreamState:
-    """One upstream base URL and what the gateway knows about it right now."""
+    """One upstream base URL and what the gateway knows about it right now.
+
+    The counters only grow: they are read at scrape time, not reset.
+    """
 
     url: str
     weight: float
     outstanding: int = 0
     down_until: float = 0.0
+    healthy: bool = True
+    failures: int = 0
+    failovers: int = 0
+    ejections: int = 0
     idle_waiters: list[asyncio.Future] = field(default_factory=list, repr=False)
 
     def load(self) -> float:
