@@ -48,7 +48,8 @@ hosted services do.
 ``GET /mock/requests`` (the last 200 requests, oldest first: method, path without a seed prefix,
 ``raw_path`` as on the request line, headers, parsed body, and ``streams_open``: how many streams
 were still being sent when it arrived),
-``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted. A stream counts
+``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted, nor is ``GET /health``
+(200 ``{}``, as vLLM's: the gateway's active health checks call it). A stream counts
 as completed once ``[DONE]`` is sent, as aborted when its client leaves first; a ``die`` stream
 is neither.
 """
@@ -298,6 +299,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         self.conn.set_close_callback(self.client_gone)
         if self.path.startswith("/mock/"):
             self.control()
+        elif self.method == "GET" and self.path == "/health":
+            self.answer(200, b"{}")
         elif self.start():
             self.route()
 

@@ -122,10 +122,21 @@ MODEL_FIELDS = {
     "usage_probe": {"type": "boolean"},
     "limits": limits(MODEL_LIMIT_NAMES),
 }
+UPSTREAM_HEALTH = {**obj({
+    "url": {"type": "string"}, "state": {"type": "string", "enum": ["healthy", "ejected", "half-open"]},
+    "healthy": {"type": "boolean"}, "ejected_until": {**TIME, "description": "Unix time the ejection ends."},
+    "trial_in_flight": {"type": "boolean"}, "consecutive_failures": {"type": "integer"},
+    "failures": {"type": "integer"}, "failovers": {"type": "integer"}, "ejections": {"type": "integer"},
+    "in_flight": {"type": "integer"},
+    "last_check": {**obj({"at": {"type": "number"}, "ok": {"type": "boolean"},
+                          "status": {"type": "integer", "nullable": True},
+                          "error": {"type": "string", "nullable": True}}), "nullable": True},
+}), "nullable": True, "description": "The upstream's state on the replica that answered (null: not served there)."}
 MODEL = obj({
     "id": {"type": "string"}, "source": {"type": "string", "enum": ["config", "api"]},
     "read_only": {"type": "boolean"},
-    "upstreams": {"type": "array", "items": obj({"url": {"type": "string"}, "weight": {"type": "number"}})},
+    "upstreams": {"type": "array", "items": obj({"url": {"type": "string"}, "weight": {"type": "number"},
+                                                 "health": UPSTREAM_HEALTH})},
     "upstream_model": {"type": "string"}, "kind": {"type": "string", "enum": list(MODEL_KINDS)},
     "api_key_env": {"type": "string"}, "prompt_cost_per_1k": {"type": "number"},
     "completion_cost_per_1k": {"type": "number"}, "active": {"type": "boolean"}, "usage_probe": {"type": "boolean"},

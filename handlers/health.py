@@ -15,12 +15,15 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     """GET /readyz: the store answers (so keys can be checked and usage written).
 
-    Redis is reported but never makes the replica unready: traffic goes on without it.
+    Redis and each model's upstreams are reported but never make the replica unready: traffic
+    goes on without Redis, and upstreams are shared by every replica, so taking replicas out of
+    the Service for them would only turn a slow model into a gateway that answers nothing.
     """
 
     async def get(self) -> None:
         redis = self.gateway.redis_state()
+        models = self.gateway.router.health()
         if await self.gateway.ready():
-            self.write_json({"status": "ready", "redis": redis})
+            self.write_json({"status": "ready", "redis": redis, "models": models})
         else:
-            self.write_json({"status": "store unavailable", "redis": redis}, 503)
+            self.write_json({"status": "store unavailable", "redis": redis, "models": models}, 503)

@@ -1,6 +1,7 @@
 """The admin API's model catalog: list, add, change and remove models without a restart.
 
-Config-managed models are read-only here (see `catalog` for the rule). A change is written to
+Config-managed models are read-only here (see `catalog` for the rule). Each upstream is shown
+with its state on this replica (healthy, ejected, half-open: see `routing`). A change is written to
 the store, served by this replica at once, and announced through Redis so every replica serves
 it at once too; without Redis the others pick it up within `admin.catalog_refresh_seconds`.
 """
@@ -26,6 +27,17 @@ class ModelAdmin:
         self.config = gateway.config
         self.config_ids = {m.id for m in gateway.config.models}
 
+    def _health(self, model_id: str) -> dict[str, dict]:
+        """The state of each upstream this replica serves the model from, by URL."""
+        route = self.gateway.router.routes.get(model_id)
+        if route is None:
+            return {}
+        now = time.monotonic()
+        return {u.url: u.describe(now) for u in route.pool}
+
+    def _config_view(self, model: ModelConfig) -> dict[str, Any]:
+        return catalog.view(model, "config", health=self._health(model.id))
+
     def _view(self, record: ModelRecord) -> dict[str, Any]:
         """An API model as served here, or, if this replica cannot serve it, with its problem."""
         problem = self.gateway.model_problems.get(record.id)
@@ -33,18 +45,18 @@ class ModelAdmin:
             model = catalog.to_model_config(record.id, record.settings, self.config)
         except GatewayError as exc:
             model, problem = ModelConfig(record.id, upstreams=()), exc.message
-        return catalog.view(model, "api", record, problem)
+        return catalog.view(model, "api", record, problem, self._health(record.id))
 
     async def list_models(self) -> dict[str, Any]:
         records = await self.gateway.in_thread(self.store.list_models)
-        items = [catalog.view(m, "config") for m in self.config.models]
+        items = [self._config_view(m) for m in self.config.models]
         items += [self._view(r) for r in records]
         return {"items": items, "total": len(items)}
 
     async def show_model(self, model_id: str) -> dict[str, Any]:
         for model in self.config.models:
             if model.id == model_id:
-                return catalog.view(model, "config")
+                return self._config_view(model)
         return self._view(await self._record(model_id))
 
     async def _record(self, model_id: str) -> ModelRecord:

@@ -26,8 +26,11 @@ LIMIT_NAMES = (
     "cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week",
 )
 MODEL_LIMIT_NAMES = LIMIT_NAMES[:3]
+HEALTH_SETTINGS = ("health_check_path", "health_check_seconds", "eject_after_failures", "eject_seconds",
+                   "eject_max_seconds", "failover_on_busy")
 MIN_LEASE_SECONDS = 3.0
 MIN_PROGRESS_SECONDS = 0.1
+MIN_HEALTH_CHECK_SECONDS = 0.1
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
@@ -141,6 +144,12 @@ class ModelConfig:
     active: bool = True
     usage_probe: bool = True
     limits: dict[str, float] = field(default_factory=dict)
+    health_check_path: str = "/health"
+    health_check_seconds: float = 10.0
+    eject_after_failures: int = 3
+    eject_seconds: float = 10.0
+    eject_max_seconds: float = 300.0
+    failover_on_busy: bool = True
 
     @property
     def free(self) -> bool:
@@ -420,6 +429,7 @@ def _parse_model(raw: Any, index: int, upstream: UpstreamConfig) -> ModelConfig:
         {
             "id", "upstreams", "upstream_model", "kind", "api_key_env", "api_key_file",
             "prompt_cost_per_1k", "completion_cost_per_1k", "active", "usage_probe", "limits",
+            *HEALTH_SETTINGS,
         },
     )
     model_id = raw.get("id")
@@ -464,7 +474,35 @@ def _parse_model(raw: Any, index: int, upstream: UpstreamConfig) -> ModelConfig:
         active=_bool(raw, f"{where}.active", True),
         usage_probe=_bool(raw, f"{where}.usage_probe", True),
         limits=parse_limit_values(raw.get("limits", {}), f"{where}.limits", MODEL_LIMIT_NAMES),
+        **_parse_health(raw, where),
     )
+
+
+
+def _parse_health(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A model's active health check, passive ejection and failover settings (see routing)."""
+    path = _str(raw, f"{where}.health_check_path", "/health")
+    if not path.startswith("/") or any(c in path for c in "?# ") or any(ord(c) < 0x21 for c in path):
+        raise ConfigError(f"{where}.health_check_path: {path!r} must be a path starting with '/' "
+                          "(no query, fragment or spaces)")
+    seconds = _number(raw, f"{where}.health_check_seconds", 10.0)
+    if 0 < seconds < MIN_HEALTH_CHECK_SECONDS:
+        raise ConfigError(f"{where}.health_check_seconds: {seconds!r} must be 0 (no active checks) or "
+                          f">= {MIN_HEALTH_CHECK_SECONDS:g}")
+    eject = _number(raw, f"{where}.eject_seconds", 10.0)
+    if eject <= 0:
+        raise ConfigError(f"{where}.eject_seconds: {eject!r} must be > 0")
+    eject_max = _number(raw, f"{where}.eject_max_seconds", max(300.0, eject))
+    if eject_max < eject:
+        raise ConfigError(f"{where}.eject_max_seconds: {eject_max!r} must be >= eject_seconds ({eject:g})")
+    return {
+        "health_check_path": path,
+        "health_check_seconds": seconds,
+        "eject_after_failures": _int(raw, f"{where}.eject_after_failures", 3, minimum=1),
+        "eject_seconds": eject,
+        "eject_max_seconds": eject_max,
+        "failover_on_busy": _bool(raw, f"{where}.failover_on_busy", True),
+    }
 
 
 def resolve_secret(model: ModelConfig, environ: Mapping[str, str] | None = None) -> str:

@@ -28,7 +28,7 @@ from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .redact import redact_url
-from .routing import Route, UpstreamState, mark_down
+from .routing import Route, UpstreamState
 from .tokencount import Target, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
 
@@ -37,6 +37,7 @@ log = logging.getLogger("llmgateway.proxy")
 INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 COUNT_WAIT_SECONDS = 60.0
 CLIENT_CLOSED = 499
+BUSY = (429, 503)
 SHUTTING_DOWN = 503
 # The upper half of every request id of this process: random, with the UUID version-4 bits set.
 _ID_PREFIX = str(uuid.UUID(int=int.from_bytes(os.urandom(8)) << 64, version=4))[:19]
@@ -244,6 +245,16 @@ def model_renamer(upstream_name: str, client_name: str) -> Callable[[bytes], byt
     return rename
 
 
+def no_healthy_upstream(route: Route) -> GatewayError:
+    """A model whose upstreams are all ejected (or their one trial call in flight): 503 at once,
+    with the seconds until one may be tried again."""
+    seconds = route.retry_after()
+    err = upstream_failure(503, f"No upstream of model '{route.model.id}' is healthy right now; retry in "
+                           f"{seconds} s.", "no_healthy_upstream")
+    err.headers["Retry-After"] = str(seconds)
+    return err
+
+
 def transport_error(response: HTTPResponse) -> GatewayError:
     errno = curl_errno(response)
     if errno in TIMEOUT_ERRORS:
@@ -270,25 +281,10 @@ class Relay:
         self.settling = False
 
     async def run(self) -> None:
-        """Relay, failing over to the next upstream on a connect error before the first byte."""
+        """Relay through the model's pool (`_through_pool`), then finish the answer and settle."""
         self.gw.begin(self.call, self)
         try:
-            response = None
-            for upstream in self.call.route.candidates():
-                self.call.upstream = upstream
-                upstream.enter()
-                try:
-                    response = await self._fetch(upstream)
-                finally:
-                    upstream.leave()
-                if not (response.code == 599 and never_connected(response)) or self.started_client:
-                    break
-                mark_down(upstream)
-                upstream.failures += 1
-                upstream.failovers += 1
-                log.warning("upstream %s unreachable for model %s; trying the next", redact_url(upstream.url),
-                            self.call.route.model.id)
-            assert response is not None
+            response = await self._through_pool()
             if self.call.stream:
                 self._finish_stream(response)
             else:
@@ -298,10 +294,69 @@ class Relay:
                 self.gw.settle(self.call.ticket, None)
             self.gw.end(self.call)
 
+    async def _through_pool(self) -> HTTPResponse:
+        """Call one upstream after another until one answers for good: the next is tried only
+        while nothing has reached the client, after a connection that was never made, or (with
+        `failover_on_busy`) a 429 or 503. The client gets the last answer when all refuse, and a
+        503 at once when no upstream may be called (all ejected, or their trial in flight)."""
+        route = self.call.route
+        tried: list[UpstreamState] = []
+        upstream = route.pick(tried)
+        if upstream is None:
+            err = no_healthy_upstream(route)
+            self._settle(err.status, "")
+            raise err
+        while True:
+            tried.append(upstream)
+            self.call.upstream = upstream
+            response = await self._attempt(upstream)
+            if self.started_client or not self._may_move_on(response):
+                return response
+            following = route.pick(tried)
+            if following is None:
+                return response
+            upstream.failovers += 1
+            log.warning("upstream %s of model %s %s; trying the next", redact_url(upstream.url), route.model.id,
+                        "could not be reached" if response.code == 599 else f"answered {response.code}")
+            upstream = following
+
+    async def _attempt(self, upstream: UpstreamState) -> HTTPResponse:
+        """One upstream's try at the call; its outcome feeds the upstream's health."""
+        upstream.enter()
+        response = None
+        try:
+            response = await self._fetch(upstream)
+        finally:
+            upstream.leave()
+            outcome = None if response is None else self._outcome(response)
+            if outcome is None:
+                upstream.call_undecided()
+            elif outcome:
+                upstream.call_succeeded()
+            else:
+                upstream.call_failed(self.call.route.model, time.monotonic())
+        return response
+
+    def _outcome(self, response: HTTPResponse) -> bool | None:
+        """True: the upstream answered (any status below 500, a stream it completed). False: it
+        failed (no connection, a timeout, a transfer cut by its side, a 5xx). None: the gateway
+        cut the transfer (client gone, shutdown), which says nothing about the upstream."""
+        if response.code == 599:
+            if self.meter is not None and self.meter.done:
+                return True
+            return None if self.call.cut else False
+        return response.code < 500
+
+    def _may_move_on(self, response: HTTPResponse) -> bool:
+        if response.code == 599:
+            return never_connected(response) and not self.call.cut
+        return response.code in BUSY and self.call.route.model.failover_on_busy
+
     async def _fetch(self, upstream: UpstreamState) -> HTTPResponse:
         url = upstream.url + self.call.endpoint.path
         self.status = 0
         self.headers_in = {}
+        self.error_body = []
         chunks = self._on_chunk if self.call.stream else None
         return await self.gw.upstream.fetch(
             url, self.call.payload, self.call.headers, self._cancelled, streaming_callback=chunks,

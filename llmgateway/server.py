@@ -1,6 +1,7 @@
 """App assembly: open the store, build the gateway, serve HTTP, run the jobs, shut down cleanly.
 
 This is the one core module that reaches into the HTTP layer (to mount `handlers`).
+The upstreams' active health checks run as one task of their own (`health_checks`).
 SIGTERM turns new requests away with 503 (`shutdown`: the listener stays open, so nobody waiting
 in the accept queue is reset), lets open streams finish for `server.drain_seconds`, cuts the rest
 (which still records what they produced), closes the listener, then flushes the usage ledger.
@@ -22,6 +23,7 @@ from .admin import Admin
 from .admin_auth import bootstrap_hash
 from .config import Config, ConfigError
 from .gateway import Gateway
+from .health_checks import HealthChecker
 from .log import log_request, quiet_access_log
 from .portal import Portal
 from .proxy import SHUTTING_DOWN
@@ -76,6 +78,7 @@ async def serve(config: Config) -> None:
     await gateway.start()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
+    checks = asyncio.ensure_future(HealthChecker(gateway.router, gateway.upstream).run())
     tune_gc()
     log.info(
         "LLM Gateway listening on %s:%d (store %s, %d models)",
@@ -96,6 +99,8 @@ async def serve(config: Config) -> None:
     server.stop()
     await gateway.cancel_settlements()
     scheduler.shutdown(wait=False)
+    checks.cancel()
+    await asyncio.gather(checks, return_exceptions=True)
     written = await gateway.flush()
     log.info("final usage flush: %d events written, %d left spooled", written, len(gateway.ledger.spooled_files()))
     await server.close_all_connections()

@@ -169,8 +169,39 @@ class UpstreamClient:
         except ValueError:
             return response.code, None
 
+    async def probe(self, url: str, timeout: float) -> tuple[int, str | None]:
+        """GET `url` for an active health check: (status, None), or (599, what went wrong).
+
+        The body is read and dropped. No secret is sent: health paths (vLLM's /health) need
+        none, and an answer of any status shows the server is there."""
+        request = HTTPRequest(
+            url,
+            method="GET",
+            headers={"User-Agent": "llmgateway"},
+            connect_timeout=min(self.config.connect_timeout, timeout),
+            request_timeout=timeout,
+            follow_redirects=False,
+            streaming_callback=lambda _chunk: None,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except CurlError as exc:
+            return 599, _transport_problem(exc.errno)
+        if response.code == 599:
+            return 599, _transport_problem(curl_errno(response))
+        return response.code, None
+
     def close(self) -> None:
         self.http.close()
+
+
+def _transport_problem(errno: int | None) -> str:
+    """A fixed description of a transport failure (libcurl's own text names the host)."""
+    if errno in TIMEOUT_ERRORS:
+        return "timed out"
+    if errno in CONNECT_ERRORS:
+        return "could not connect"
+    return "connection failed"
 
 
 def curl_errno(response: HTTPResponse) -> int | None:

@@ -861,6 +861,7 @@
     const upstreams = (m.upstreams || []).map((u) => {
       const line = el("span", u.url, "upstream");
       if (u.weight !== undefined && u.weight !== 1) line.append(" ", badge(`weight ${u.weight}`, "config"));
+      if (u.health) line.append(" ", ...upstreamHealth(u.health));
       return line;
     });
     const limits = Object.entries(m.limits || {}).filter(([, v]) => v)
@@ -880,6 +881,29 @@
       ["State", state],
       ["", actions, actions.length ? "actions" : "actions empty-cell"],
     ], fromConfig ? "config" : "api");
+  }
+
+  const HEALTH_BADGES = { healthy: ["healthy", "on"], ejected: ["ejected", "off"], "half-open": ["trial due", "warn"] };
+
+  // An upstream's state on the replica that answered: a badge, and why in words.
+  function upstreamHealth(h) {
+    const [label, kind] = HEALTH_BADGES[h.state] || [h.state, "warn"];
+    const why = [];
+    if (h.state === "ejected" && h.ejected_until) why.push(`until ${clockTime(h.ejected_until)}`);
+    if (h.trial_in_flight) why.push("trial call in flight");
+    if (h.consecutive_failures) why.push(count(h.consecutive_failures, "failure") + " in a row");
+    const check = h.last_check;
+    if (check) {
+      const seen = check.error || (check.status ? `HTTP ${check.status}` : "");
+      why.push(`last check ${check.ok ? "passed" : "failed"}${seen ? ` (${seen})` : ""} at ${clockTime(check.at)}`);
+    }
+    const parts = [badge(label, kind + " health")];
+    if (why.length) parts.push(el("span", why.join("; "), "sub"));
+    return parts;
+  }
+
+  function clockTime(ts) {
+    return new Date(ts * 1000).toISOString().slice(11, 19) + " UTC";
   }
 
   async function removeModel(m) {

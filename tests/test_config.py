@@ -115,3 +115,35 @@ def test_deployment_config_is_valid_and_follows_the_environment() -> None:
     config = load_config(path, environ={"LLM_DEFAULT_URL": "http://vllm.llm.svc:8000"})
     assert (config.server.host, config.server.port) == ("0.0.0.0", 8000)
     assert config.models[0].upstreams[0].url == "http://vllm.llm.svc:8000/llama-3-8b"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("health_check_seconds", -1, "health_check_seconds: -1 must be a number >= 0"),
+        ("health_check_seconds", 0.05, "health_check_seconds: 0.05 must be 0 (no active checks) or >= 0.1"),
+        ("health_check_seconds", "often", "health_check_seconds: 'often' is not a number"),
+        ("health_check_path", "health", "health_check_path: 'health' must be a path starting with '/'"),
+        ("health_check_path", "/health?full=1", "health_check_path: '/health?full=1' must be a path"),
+        ("health_check_path", 5, "health_check_path: 5 must be a string"),
+        ("eject_after_failures", 0, "eject_after_failures: 0 must be a whole number >= 1"),
+        ("eject_after_failures", 2.5, "eject_after_failures: 2.5 must be a whole number >= 1"),
+        ("eject_seconds", 0, "eject_seconds: 0.0 must be > 0"),
+        ("eject_seconds", -3, "eject_seconds: -3 must be a number >= 0"),
+        ("eject_max_seconds", 5, "eject_max_seconds: 5.0 must be >= eject_seconds (10)"),
+        ("failover_on_busy", "maybe", "failover_on_busy: 'maybe' must be true or false"),
+    ],
+)
+def test_bad_pool_settings_get_one_clear_error(setting: str, value: object, says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"models": [{"id": "a", "upstreams": ["http://h"], setting: value}]})
+    assert str(refused.value).startswith(f"models[0] (a).{says}"), str(refused.value)
+
+
+def test_pool_settings_have_defaults_for_vllm_and_llama_cpp_python() -> None:
+    [model] = parse_config({"models": [{"id": "a", "upstreams": ["http://h"]}]}).models
+    assert (model.health_check_path, model.health_check_seconds, model.eject_after_failures) == ("/health", 10.0, 3)
+    assert (model.eject_seconds, model.eject_max_seconds, model.failover_on_busy) == (10.0, 300.0, True)
+    [model] = parse_config({"models": [{"id": "a", "upstreams": ["http://h"], "health_check_seconds": 0,
+                                        "eject_seconds": 600, "failover_on_busy": False}]}).models
+    assert (model.health_check_seconds, model.eject_max_seconds, model.failover_on_busy) == (0.0, 600.0, False)
