@@ -187,12 +187,15 @@ def change_a_person(page: Page, gw: GatewayProcess, tmp_path: Path) -> None:
 
 
 def add_a_model(page: Page, upstream: MockUpstream, tmp_path: Path) -> None:
-    """Config models are read-only; a taken id is refused in place; an API model is added, then changed."""
+    """Config models are read-only and show their upstream's health; a taken id is refused in place; an API
+    model is added, then changed."""
     page.click("nav a[data-view=models]")
     for config_model in ("test-model", "other-model"):
         model_row = model_line(page, config_model)
         expect(model_row.locator("td[data-label=Source]")).to_have_text("from config file")
         expect(model_row.locator("a, button")).to_have_count(0)
+        expect(model_row.locator(".badge.health")).to_have_text("healthy")
+        expect(model_row.locator("td[data-label=Upstreams]")).to_contain_text("last check passed (HTTP 200)")
     expect(page.locator("#model-form input[name=usage_probe]")).to_be_checked()
     expect(page.locator("#model-form textarea[name=upstreams]")).not_to_have_attribute("placeholder", re.compile("/v1"))
     page.fill("#model-form input[name=id]", NEW_MODEL)
