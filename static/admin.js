@@ -858,11 +858,10 @@
     if (m.loaded === false) state.push(badge("not served here", "warn"));
     if (m.shadowed) state.push(badge("shadowed by config", "warn"));
     if (m.problem) state.push(el("span", m.problem, "sub"));
-    const upstreams = (m.upstreams || []).map((u) => {
+    const upstreams = (m.upstreams || []).flatMap((u) => {
       const line = el("span", u.url, "upstream");
       if (u.weight !== undefined && u.weight !== 1) line.append(" ", badge(`weight ${u.weight}`, "config"));
-      if (u.health) line.append(" ", ...upstreamHealth(u.health));
-      return line;
+      return u.health ? [line, upstreamHealth(u.health)] : [line];
     });
     const limits = Object.entries(m.limits || {}).filter(([, v]) => v)
       .map(([n, v]) => `${LIMIT_LABELS[n] || n}: ${limitValue(n, v)}`);
@@ -885,7 +884,7 @@
 
   const HEALTH_BADGES = { healthy: ["healthy", "on"], ejected: ["ejected", "off"], "half-open": ["trial due", "warn"] };
 
-  // An upstream's state on the replica that answered: a badge, and why in words.
+  // An upstream's state on the replica that answered, under its URL: a badge, and why in words.
   function upstreamHealth(h) {
     const [label, kind] = HEALTH_BADGES[h.state] || [h.state, "warn"];
     const why = [];
@@ -897,9 +896,10 @@
       const seen = check.error || (check.status ? `HTTP ${check.status}` : "");
       why.push(`last check ${check.ok ? "passed" : "failed"}${seen ? ` (${seen})` : ""} at ${clockTime(check.at)}`);
     }
-    const parts = [badge(label, kind + " health")];
-    if (why.length) parts.push(el("span", why.join("; "), "sub"));
-    return parts;
+    const box = el("span", null, "upstream-health");
+    box.append(badge(label, kind + " health"));
+    if (why.length) box.append(el("span", why.join("; "), "sub"));
+    return box;
   }
 
   function clockTime(ts) {
