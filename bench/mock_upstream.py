@@ -48,10 +48,10 @@ hosted services do.
 ``GET /mock/requests`` (the last 200 requests, oldest first: method, path without a seed prefix,
 ``raw_path`` as on the request line, headers, parsed body, and ``streams_open``: how many streams
 were still being sent when it arrived),
-``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted, nor is ``GET /health``
-(200 ``{}``, as vLLM's: the gateway's active health checks call it). A stream counts
-as completed once ``[DONE]`` is sent, as aborted when its client leaves first; a ``die`` stream
-is neither.
+``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted, nor is
+``GET /health`` (or ``/<name>/health`` in the seed layout), which answers 200 ``{}`` as vLLM's
+does: the gateway's active health checks call it. A stream counts as completed once ``[DONE]``
+is sent, as aborted when its client leaves first; a ``die`` stream is neither.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ from .serving import serve_until_signal
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MODES = ("ok", "error500", "badjson", "hang", "die", "status", "bare")
 SEED_PREFIX = re.compile(r"/[^/]+(?=/v1/)")
+HEALTH = re.compile(r"(/[^/]+)?/health")
 TOKENIZERS = ("vllm", "llamacpp", "none")
 HANG_SECONDS = 120.0
 REQUEST_LOG_SIZE = 200
@@ -299,7 +300,7 @@ class Exchange(httputil.HTTPMessageDelegate):
         self.conn.set_close_callback(self.client_gone)
         if self.path.startswith("/mock/"):
             self.control()
-        elif self.method == "GET" and self.path == "/health":
+        elif self.method == "GET" and HEALTH.fullmatch(self.path):
             self.answer(200, b"{}")
         elif self.start():
             self.route()

@@ -36,13 +36,14 @@ class CheckResult:
     error: str | None
 
 
-@dataclass
+@dataclass(eq=False)
 class UpstreamState:
     """One upstream base URL and what the gateway knows about it right now.
 
-    The counters only grow: they are read at scrape time, not reset. `failures` counts failed
-    calls (not checks), `failovers` calls that moved on from it to the next upstream, `ejections`
-    the times it was taken out. `down_until` (monotonic) ends the current ejection.
+    Compared by identity (a call's list of tried upstreams holds the states themselves). The
+    counters only grow: they are read at scrape time, not reset. `failures` counts failed calls
+    (not checks), `failovers` calls that moved on from it to the next upstream, `ejections` the
+    times it was taken out. `down_until` (monotonic) ends the current ejection.
     """
 
     url: str
