@@ -79,7 +79,7 @@ class HealthChecker:
         now = time.monotonic()
         upstream.next_check = now + model.health_check_seconds
         if ok:
-            upstream.check_passed(model, now, result)
+            upstream.check_passed(now, result)
         else:
             upstream.check_failed(model, now, result)
         return result

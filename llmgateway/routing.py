@@ -87,7 +87,7 @@ class UpstreamState:
         """The call ended without telling anything (the client left): another call may be the trial."""
         self.trial = False
 
-    def check_passed(self, policy: ModelConfig, now: float, result: CheckResult) -> None:
+    def check_passed(self, now: float, result: CheckResult) -> None:
         """An active check got an answer below 500. Ejected by checks: back at once. Ejected by
         calls (the server answers its health path but failed calls): a trial call may go now."""
         self.last_check = result
@@ -117,14 +117,14 @@ class UpstreamState:
 
     def _eject(self, policy: ModelConfig, now: float, by: str) -> None:
         backoff = min(policy.eject_seconds * 2 ** min(self.streak, 30), policy.eject_max_seconds)
+        why = "its trial call failed" if self.trial else f"{self.consecutive} failed {by} in a row"
         self.healthy = False
         self.trial = False
         self.streak += 1
         self.ejections += 1
         self.ejected_by = by
         self.down_until = now + backoff
-        log.warning("upstream %s of model %s ejected for %.1f s after %d failed %s in a row", redact_url(self.url),
-                    policy.id, backoff, self.consecutive, by)
+        log.warning("upstream %s of model %s ejected for %.1f s: %s", redact_url(self.url), policy.id, backoff, why)
 
     def describe(self, now: float) -> dict[str, Any]:
         """What /readyz and the admin API show (the URL without credentials)."""
