@@ -126,6 +126,7 @@ UPSTREAM_HEALTH = {**obj({
     "url": {"type": "string"}, "state": {"type": "string", "enum": ["healthy", "ejected", "half-open"]},
     "healthy": {"type": "boolean"}, "ejected_until": {**TIME, "description": "Unix time the ejection ends."},
     "trial_in_flight": {"type": "boolean"}, "consecutive_failures": {"type": "integer"},
+    "failed_checks": {"type": "integer"},
     "failures": {"type": "integer"}, "failovers": {"type": "integer"}, "ejections": {"type": "integer"},
     "in_flight": {"type": "integer"},
     "last_check": {**obj({"at": {"type": "number"}, "ok": {"type": "boolean"},

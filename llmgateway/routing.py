@@ -2,7 +2,7 @@
 
 A pool with several upstreams spreads load by picking the one with the fewest requests in flight
 (relative to its weight). Each upstream carries its health: `eject_after_failures` failed calls
-or active checks in a row eject it for a back-off (`eject_seconds`, doubled on each ejection in a
+(or active checks) in a row eject it for a back-off (`eject_seconds`, doubled on each ejection in a
 row, at most `eject_max_seconds`); then ONE call is let through as a trial (half-open) and its
 success re-admits it. A call that never reached an upstream (or, with `failover_on_busy`, got a
 429 or 503 before its first byte) moves on to the next upstream of the pool.
@@ -55,6 +55,7 @@ class UpstreamState:
     failovers: int = 0
     ejections: int = 0
     consecutive: int = 0
+    failed_checks: int = 0
     streak: int = 0
     trial: bool = False
     ejected_by: str = ""
@@ -71,27 +72,30 @@ class UpstreamState:
     def call_succeeded(self) -> None:
         """A call got an answer (any status below 500): the upstream is trusted again."""
         self.trial = False
-        self.consecutive = 0
+        self.consecutive = self.failed_checks = 0
         self.streak = 0
         if not self.healthy:
             self.healthy = True
             log.warning("upstream %s is back in its pool (a call succeeded)", redact_url(self.url))
 
     def call_failed(self, policy: ModelConfig, now: float) -> None:
-        """A call failed (no connection, a timeout, a cut transfer, a 5xx): eject after enough in a
-        row, or at once if it was the trial call."""
+        """A call failed (no connection, a timeout, a cut transfer, a 5xx): `eject_after_failures`
+        in a row eject, and so does a failed trial call."""
         self.failures += 1
-        self._failed(policy, now, BY_CALLS)
+        self.consecutive += 1
+        if self.trial or (self.healthy and self.consecutive >= policy.eject_after_failures):
+            self._eject(policy, now, BY_CALLS)
 
     def call_undecided(self) -> None:
         """The call ended without telling anything (the client left): another call may be the trial."""
         self.trial = False
 
     def check_passed(self, now: float, result: CheckResult) -> None:
-        """An active check got an answer below 500. Ejected by checks: back at once. Ejected by
-        calls (the server answers its health path but failed calls): a trial call may go now."""
+        """An active check got an answer below 500: failed checks are forgotten, failed calls
+        are not (a server can answer its health path and fail its calls). Ejected by checks:
+        back at once. Ejected by calls: its trial call may go now."""
         self.last_check = result
-        self.consecutive = 0
+        self.failed_checks = 0
         if self.healthy:
             return
         if self.ejected_by == BY_CHECKS:
@@ -102,22 +106,19 @@ class UpstreamState:
             self.down_until = min(self.down_until, now)
 
     def check_failed(self, policy: ModelConfig, now: float, result: CheckResult) -> None:
-        """An active check failed: counts as a failure in a row; an ejected upstream gets no trial
-        call before the next check."""
+        """An active check failed: `eject_after_failures` in a row eject; an ejected upstream
+        gets no trial call before the next check."""
         self.last_check = result
+        self.failed_checks += 1
         if not self.healthy:
             self.down_until = max(self.down_until, now + policy.health_check_seconds)
-            return
-        self._failed(policy, now, BY_CHECKS)
-
-    def _failed(self, policy: ModelConfig, now: float, by: str) -> None:
-        self.consecutive += 1
-        if self.trial or (self.healthy and self.consecutive >= policy.eject_after_failures):
-            self._eject(policy, now, by)
+        elif self.failed_checks >= policy.eject_after_failures:
+            self._eject(policy, now, BY_CHECKS)
 
     def _eject(self, policy: ModelConfig, now: float, by: str) -> None:
         backoff = min(policy.eject_seconds * 2 ** min(self.streak, 30), policy.eject_max_seconds)
-        why = "its trial call failed" if self.trial else f"{self.consecutive} failed {by} in a row"
+        failed = self.consecutive if by == BY_CALLS else self.failed_checks
+        why = "its trial call failed" if self.trial else f"{failed} failed {by} in a row"
         self.healthy = False
         self.trial = False
         self.streak += 1
@@ -137,6 +138,7 @@ class UpstreamState:
             "ejected_until": None if self.healthy else round(time.time() + self.down_until - now, 3),
             "trial_in_flight": self.trial,
             "consecutive_failures": self.consecutive,
+            "failed_checks": self.failed_checks,
             "failures": self.failures,
             "failovers": self.failovers,
             "ejections": self.ejections,

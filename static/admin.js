@@ -891,6 +891,7 @@
     if (h.state === "ejected" && h.ejected_until) why.push(`until ${clockTime(h.ejected_until)}`);
     if (h.trial_in_flight) why.push("trial call in flight");
     if (h.consecutive_failures) why.push(count(h.consecutive_failures, "failure") + " in a row");
+    if (h.failed_checks) why.push(count(h.failed_checks, "failed check") + " in a row");
     const check = h.last_check;
     if (check) {
       const seen = check.error || (check.status ? `HTTP ${check.status}` : "");

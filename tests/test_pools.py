@@ -65,7 +65,8 @@ def test_an_upstream_killed_and_brought_back_is_ejected_then_readmitted_by_the_c
     first.stop()
     down = wait_for(lambda: (u := upstreams(gw)[0])["state"] == "ejected" and u, timeout=10, what="the ejection")
     assert down["last_check"]["ok"] is False and down["last_check"]["error"] == "could not connect"
-    assert down["healthy"] is False and down["ejections"] == 1 and down["ejected_until"] > time.time() + 30
+    assert down["healthy"] is False and down["ejections"] == 1 and down["failed_checks"] >= 2
+    assert down["ejected_until"] > time.time() + 30
     for _ in range(3):
         assert chat(client).choices[0].message.content
     assert posts(second) == 3
@@ -126,6 +127,25 @@ def test_failed_calls_eject_with_a_growing_back_off_and_one_trial_call_readmits(
     assert chat(client).choices[0].message.content
     events = gw.wait_events(7)
     assert sorted(e["status"] for e in events) == [200, 200, 502, 502, 502, 503, 503]
+
+
+def test_a_passed_check_lets_the_trial_call_of_an_upstream_ejected_by_its_calls_go_at_once(
+        start_mock: Callable[..., MockUpstream], start_gateway: Callable[..., GatewayProcess]) -> None:
+    """The server answers its health path but failed its calls: a passed check does not trust it
+    again by itself, it only ends the back-off, and the next call decides."""
+    mock = start_mock()
+    gw = start_gateway(model_toml("m", [mock.url], eject_after_failures=2, eject_seconds=120,
+                                  health_check_seconds=0.2))
+    client = gw.client(gw.create_key())
+    for _ in range(2):
+        err, _ = refused(lambda: chat(client, {"mode": "error500"}))
+        assert err.status_code == 502
+    ejected_at = time.time()
+    state = wait_for(lambda: (u := upstreams(gw)[0])["state"] == "half-open" and u, timeout=5,
+                     what="a passed check ending the back-off")
+    assert state["healthy"] is False and state["last_check"]["ok"] and state["last_check"]["at"] > ejected_at
+    assert chat(client).choices[0].message.content
+    assert upstreams(gw)[0]["state"] == "healthy"
 
 
 @pytest.mark.parametrize("status", [429, 503])
