@@ -173,7 +173,7 @@ class UpstreamClient:
         """GET `url` for an active health check: (status, None), or (599, what went wrong).
 
         The body is read and dropped. No secret is sent: health paths (vLLM's /health) need
-        none, and an answer of any status shows the server is there."""
+        none, and a refusal (401, 404) still shows the server is there."""
         request = HTTPRequest(
             url,
             method="GET",
