@@ -132,12 +132,13 @@ UPSTREAM_HEALTH = {**obj({
     "last_check": {**obj({"at": {"type": "number"}, "ok": {"type": "boolean"},
                           "status": {"type": "integer", "nullable": True},
                           "error": {"type": "string", "nullable": True}}), "nullable": True},
-}), "nullable": True, "description": "The upstream's state on the replica that answered (null: not served there)."}
+}), "nullable": True, "description": "null: not served by the replica that answered."}
 MODEL = obj({
     "id": {"type": "string"}, "source": {"type": "string", "enum": ["config", "api"]},
     "read_only": {"type": "boolean"},
-    "upstreams": {"type": "array", "items": obj({"url": {"type": "string"}, "weight": {"type": "number"},
-                                                 "health": UPSTREAM_HEALTH})},
+    "upstreams": {"type": "array", "items": obj({"url": {"type": "string"}, "weight": {"type": "number"}})},
+    "upstream_health": {"type": "array", "items": UPSTREAM_HEALTH,
+                        "description": "The state of each upstream (same order) on the replica that answered."},
     "upstream_model": {"type": "string"}, "kind": {"type": "string", "enum": list(MODEL_KINDS)},
     "api_key_env": {"type": "string"}, "prompt_cost_per_1k": {"type": "number"},
     "completion_cost_per_1k": {"type": "number"}, "active": {"type": "boolean"}, "usage_probe": {"type": "boolean"},

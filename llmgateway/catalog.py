@@ -165,14 +165,15 @@ def build(config: Config, records: list[ModelRecord]) -> tuple[list[tuple[ModelC
 def view(model: ModelConfig, source: str, record: ModelRecord | None = None, problem: str | None = None,
          health: Mapping[str, dict] | None = None) -> dict:
     """A model as the admin API shows it (never a secret: only the name of its variable, and its
-    URLs without credentials); `health` gives each served upstream's state by URL."""
+    URLs without credentials); `health` gives each served upstream's state by URL, shown apart
+    from `upstreams` so that a client may send those back unchanged."""
     health = health or {}
     return {
         "id": model.id,
         "source": source,
         "read_only": source == "config",
-        "upstreams": [{"url": redact_url(u.url), "weight": u.weight, "health": health.get(u.url)}
-                      for u in model.upstreams],
+        "upstreams": [{"url": redact_url(u.url), "weight": u.weight} for u in model.upstreams],
+        "upstream_health": [health.get(u.url) for u in model.upstreams],
         "upstream_model": model.upstream_model,
         "kind": model.kind,
         "api_key_env": model.api_key_env,

@@ -313,11 +313,13 @@ class Relay:
             if self.started_client or not self._may_move_on(response):
                 return response
             following = route.pick(tried)
+            if following is not None or response.code == 599:
+                log.warning("upstream %s of model %s %s%s", redact_url(upstream.url), route.model.id,
+                            "is unreachable" if response.code == 599 else f"answered {response.code}",
+                            "; trying the next" if following is not None else "")
             if following is None:
                 return response
             upstream.failovers += 1
-            log.warning("upstream %s of model %s %s; trying the next", redact_url(upstream.url), route.model.id,
-                        "could not be reached" if response.code == 599 else f"answered {response.code}")
             upstream = following
 
     async def _attempt(self, upstream: UpstreamState) -> HTTPResponse:

@@ -858,10 +858,11 @@
     if (m.loaded === false) state.push(badge("not served here", "warn"));
     if (m.shadowed) state.push(badge("shadowed by config", "warn"));
     if (m.problem) state.push(el("span", m.problem, "sub"));
-    const upstreams = (m.upstreams || []).flatMap((u) => {
+    const upstreams = (m.upstreams || []).flatMap((u, i) => {
       const line = el("span", u.url, "upstream");
       if (u.weight !== undefined && u.weight !== 1) line.append(" ", badge(`weight ${u.weight}`, "config"));
-      return u.health ? [line, upstreamHealth(u.health)] : [line];
+      const health = (m.upstream_health || [])[i];
+      return health ? [line, upstreamHealth(health)] : [line];
     });
     const limits = Object.entries(m.limits || {}).filter(([, v]) => v)
       .map(([n, v]) => `${LIMIT_LABELS[n] || n}: ${limitValue(n, v)}`);
