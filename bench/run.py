@@ -47,6 +47,7 @@ STOP_TIMEOUT = 10.0
 VENV_BASE = "/usr/bin/python3.11"
 VENV_PACKAGES = (
     "tornado", "pycurl", "APScheduler", "pymongo", "redis", "python3-saml", "python-jose", "xmlsec", "lxml",
+    "prometheus_client",
 )
 PIP_TIMEOUT = 900.0
 # Points by which the target's core may be busier than the target itself (the kernel's loopback
