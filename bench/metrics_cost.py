@@ -1,0 +1,112 @@
+"""`python -m bench.metrics_cost`: what the Prometheus metrics cost a call, metrics on against off.
+
+Two gateways from this repository run side by side in front of one mock upstream, the same in
+everything but `[metrics] listen` (off: no counting at all; on: every hook counts and a scrape
+runs each round, as Prometheus would). Both are pinned to one core, the mock and the load driver
+to the other. The rounds interleave them (off, on, then on, off, ...), so that whatever else
+loads the machine meets both alike; each round measures per gateway the p50 of sequential calls
+on one connection (plain and streamed) and the throughput at 50 connections (plain and streamed).
+It prints a Markdown table of the medians over the rounds and the median of the per-round
+differences, and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from . import load
+from .run import MODEL, BenchError, Children, Plan, free_port, start_gateway, start_mock
+
+MEASURES = ("p50_ms", "stream_p50_ms", "rps", "stream_rps")
+HIGHER_IS_WORSE = {"p50_ms", "stream_p50_ms"}
+
+
+def one_round(target: load.Target, args: argparse.Namespace, cpu: int | None) -> dict[str, float]:
+    plain, stream = load.chat_body(MODEL, False), load.chat_body(MODEL, True)
+    return {
+        "p50_ms": load.sequential_latency(target, plain, args.requests, args.warmup)["latency_ms"]["p50"],
+        "stream_p50_ms": load.sequential_latency(target, stream, args.requests, args.warmup)["latency_ms"]["p50"],
+        "rps": load.throughput(target, plain, args.connections, args.duration, cpu)["rps"],
+        "stream_rps": load.throughput(target, stream, args.connections, args.duration, cpu)["rps"],
+    }
+
+
+def scrape(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return len(answer.read())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.metrics_cost", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
+    parser.add_argument("--requests", type=int, default=400, help="sequential calls per round (default 400)")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput run (default 5)")
+    parser.add_argument("--chunks", type=int, default=20, help="tokens (chunks) per answer (default 20)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/metrics-cost.json"))
+    args = parser.parse_args(argv)
+    plan = Plan(requests=args.requests, warmup=args.warmup, connections=args.connections, duration=args.duration,
+                streams=0, chunks=args.chunks, interval_ms=0, ramp_s=0)
+    gateway_cpu, client_cpu = 0, 1
+    with tempfile.TemporaryDirectory(prefix="metrics-cost-") as tmp:
+        children = Children(Path(tmp))
+        try:
+            _, mock_port = start_mock(children, plan, client_cpu, "mock")
+            metrics_port = free_port()
+            targets = {}
+            for name, extra in (("off", ""), ("on", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n')):
+                workdir = Path(tmp) / name
+                workdir.mkdir()
+                _, port, key = start_gateway(children, sys.executable, workdir, mock_port, plan, gateway_cpu,
+                                             extra=extra, name=f"gateway-{name}")
+                targets[name] = load.Target("127.0.0.1", port, key=key)
+            rounds: list[dict[str, dict[str, float]]] = []
+            for i in range(args.rounds):
+                order = ("off", "on") if i % 2 == 0 else ("on", "off")
+                figures = {name: one_round(targets[name], args, client_cpu) for name in order}
+                figures["on"]["scrape_bytes"] = scrape(metrics_port)
+                rounds.append(figures)
+                print(f"round {i + 1}: " + json.dumps(figures), file=sys.stderr)
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            children.stop_all()
+    report = summarise(rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
+                                    "summary": report}, indent=2))
+    print("| measure | metrics off | metrics on | difference (median of rounds) |")
+    print("| --- | --- | --- | --- |")
+    for measure in MEASURES:
+        row = report[measure]
+        print(f"| {measure} | {row['off']:g} | {row['on']:g} | {row['cost_percent']:+.1f} % |")
+    return 0
+
+
+def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Medians over the rounds, and the median of each round's cost of metrics in percent
+    (positive: metrics on is slower)."""
+    report = {}
+    for measure in MEASURES:
+        off = [r["off"][measure] for r in rounds]
+        on = [r["on"][measure] for r in rounds]
+        sign = 1 if measure in HIGHER_IS_WORSE else -1
+        costs = [sign * 100 * (b - a) / a for a, b in zip(off, on, strict=True) if a]
+        report[measure] = {"off": round(statistics.median(off), 3), "on": round(statistics.median(on), 3),
+                           "cost_percent": round(statistics.median(costs), 2)}
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
