@@ -5,8 +5,10 @@ everything but `[metrics] listen` (off: no counting at all; on: every hook count
 runs each round, as Prometheus would). Both are pinned to one core, the mock and the load driver
 to the other. The rounds interleave them (off, on, then on, off, ...), so that whatever else
 loads the machine meets both alike; each round measures per gateway the p50 of sequential calls
-on one connection (plain and streamed) and the throughput at 50 connections (plain and streamed).
-It prints a Markdown table of the medians over the rounds and the median of the per-round
+on one connection (plain and streamed), the throughput at 50 connections (plain and streamed),
+and the gateway's CPU time per call during those throughput runs. Wall-clock figures swing with
+whatever else the machine runs; CPU time per call swings much less, so it shows a small cost
+best. It prints a Markdown table of the medians over the rounds and the median of the per-round
 differences, and writes the figures as JSON.
 """
 
@@ -25,18 +27,23 @@ from typing import Any
 from . import load
 from .run import MODEL, BenchError, Children, Plan, free_port, start_gateway, start_mock
 
-MEASURES = ("p50_ms", "stream_p50_ms", "rps", "stream_rps")
-HIGHER_IS_WORSE = {"p50_ms", "stream_p50_ms"}
+MEASURES = ("p50_ms", "stream_p50_ms", "rps", "stream_rps", "cpu_us_per_call", "stream_cpu_us_per_call")
+HIGHER_IS_WORSE = {"p50_ms", "stream_p50_ms", "cpu_us_per_call", "stream_cpu_us_per_call"}
 
 
-def one_round(target: load.Target, args: argparse.Namespace, cpu: int | None) -> dict[str, float]:
+def one_round(target: load.Target, pid: int, args: argparse.Namespace, cpu: int | None) -> dict[str, float]:
     plain, stream = load.chat_body(MODEL, False), load.chat_body(MODEL, True)
-    return {
+    figures = {
         "p50_ms": load.sequential_latency(target, plain, args.requests, args.warmup)["latency_ms"]["p50"],
         "stream_p50_ms": load.sequential_latency(target, stream, args.requests, args.warmup)["latency_ms"]["p50"],
-        "rps": load.throughput(target, plain, args.connections, args.duration, cpu)["rps"],
-        "stream_rps": load.throughput(target, stream, args.connections, args.duration, cpu)["rps"],
     }
+    for prefix, body in (("", plain), ("stream_", stream)):
+        before = load.cpu_seconds(pid)
+        result = load.throughput(target, body, args.connections, args.duration, cpu)
+        used = load.cpu_seconds(pid) - before
+        figures[prefix + "rps"] = result["rps"]
+        figures[prefix + "cpu_us_per_call"] = round(1e6 * used / max(1, result["requests"]), 1)
+    return figures
 
 
 def scrape(port: int) -> int:
@@ -62,17 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _, mock_port = start_mock(children, plan, client_cpu, "mock")
             metrics_port = free_port()
-            targets = {}
+            targets, pids = {}, {}
             for name, extra in (("off", ""), ("on", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n')):
                 workdir = Path(tmp) / name
                 workdir.mkdir()
-                _, port, key = start_gateway(children, sys.executable, workdir, mock_port, plan, gateway_cpu,
-                                             extra=extra, name=f"gateway-{name}")
-                targets[name] = load.Target("127.0.0.1", port, key=key)
+                proc, port, key = start_gateway(children, sys.executable, workdir, mock_port, plan, gateway_cpu,
+                                                extra=extra, name=f"gateway-{name}")
+                targets[name], pids[name] = load.Target("127.0.0.1", port, key=key), proc.pid
             rounds: list[dict[str, dict[str, float]]] = []
             for i in range(args.rounds):
                 order = ("off", "on") if i % 2 == 0 else ("on", "off")
-                figures = {name: one_round(targets[name], args, client_cpu) for name in order}
+                figures = {name: one_round(targets[name], pids[name], args, client_cpu) for name in order}
                 figures["on"]["scrape_bytes"] = scrape(metrics_port)
                 rounds.append(figures)
                 print(f"round {i + 1}: " + json.dumps(figures), file=sys.stderr)

@@ -70,8 +70,9 @@ class GuardedApplication(Application):
     """A Tornado application whose requests pass `RequestGuard` first."""
 
     def __init__(self, *args: Any, api_body_cap: int, max_headers: int, max_header_bytes: int,
-                 body_timeout: float, **kwargs: Any) -> None:
+                 body_timeout: float, refused: Callable[[str], None] = lambda kind: None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.refused = refused
         self.api_body_cap = api_body_cap
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
@@ -114,6 +115,8 @@ class RequestGuard(httputil.HTTPMessageDelegate):
     def refuse(self, status: int, start_line: httputil.RequestStartLine, path: str, err: GatewayError) -> None:
         """Answer and close without reading the body or routing the request."""
         self.refused = True
+        if path.startswith("/v1/"):
+            self.app.refused("body")
         answer_and_close(self.conn, err)
         log.warning("%d %s %s (refused before routing)", status, start_line.method, path[:200])
 

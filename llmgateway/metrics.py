@@ -208,11 +208,13 @@ class Metrics(NoMetrics):
             self._refused[kind].inc()
 
     def job_ran(self, job: str, ok: bool) -> None:
+        """A run of a background job ended; its failure count exists (at 0) from its first run."""
         self.job_runs.labels(job).inc()
+        failures = self.job_failures.labels(job)
         if ok:
             self.job_success.values[job] = time.time()
         else:
-            self.job_failures.labels(job).inc()
+            failures.inc()
 
     def flushed(self, seconds: float) -> None:
         self.flush_duration.observe(seconds)

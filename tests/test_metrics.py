@@ -16,11 +16,26 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayProcess, RedisServer, free_port, http_json, model_toml, wait_for
+from tests.test_hostile import raw_exchange, status_of
 from tests.test_lifecycle import spooled, store_locked
 
 HELLO = [{"role": "user", "content": "Tell me a story"}]
 PRICES = {"prompt_cost_per_1k": 1.0, "completion_cost_per_1k": 2.0}
 Samples = dict[tuple[str, frozenset], float]
+# The names the Kubernetes alert rules and dashboard are written against (a sample of each).
+CONTRACT = (
+    "llmgateway_requests_total", "llmgateway_requests_in_flight", "llmgateway_streams_in_flight",
+    "llmgateway_refusals_total", "gen_ai_client_operation_duration_seconds_bucket",
+    "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+    "gen_ai_client_operation_time_per_output_chunk_seconds_bucket", "gen_ai_client_token_usage_bucket",
+    "llmgateway_tokens_total", "llmgateway_cost_total", "llmgateway_upstream_healthy",
+    "llmgateway_upstream_failures_total", "llmgateway_upstream_failovers_total",
+    "llmgateway_upstream_ejections_total", "llmgateway_upstream_in_flight", "llmgateway_usage_queue_depth",
+    "llmgateway_usage_flush_duration_seconds_bucket", "llmgateway_usage_flush_failures_total",
+    "llmgateway_usage_spool_files", "llmgateway_usage_spool_bytes", "llmgateway_job_runs_total",
+    "llmgateway_job_failures_total", "llmgateway_job_last_success_timestamp_seconds",
+    "llmgateway_store_operation_duration_seconds_bucket",
+)
 
 
 def scrape(port: int) -> Samples:
@@ -83,6 +98,10 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
         gw.client("sk-lgw-" + "x" * 43).chat.completions.create(model="m", messages=HELLO)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert http_json("POST", gw.url + "/v1/chat/completions", "not an object", {"Authorization": f"Bearer {key}"}
+                     )[0] == 400
+    too_long = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n"
+    assert status_of(raw_exchange(gw.port, too_long.encode())) == 413
 
     conn = open_stream(gw, key, "conc")
     during = scrape(port)
@@ -134,8 +153,9 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
     assert value(samples, "llmgateway_cost_total", model="m") > 0
 
     refusals = {kind: value(samples, "llmgateway_refusals_total", kind=kind)
-                for kind in ("auth", "rpm", "budget", "concurrency", "model", "tpm", "shutdown")}
-    assert refusals == {"auth": 1, "rpm": 1, "budget": 1, "concurrency": 1, "model": 1, "tpm": 0, "shutdown": 0}
+                for kind in ("auth", "rpm", "budget", "concurrency", "model", "body", "tpm", "shutdown")}
+    assert refusals == {"auth": 1, "rpm": 1, "budget": 1, "concurrency": 1, "model": 1, "body": 2, "tpm": 0,
+                        "shutdown": 0}
 
     assert value(samples, "llmgateway_upstream_failovers_total", model="pool", upstream=dead) >= 1
     assert value(samples, "llmgateway_upstream_failures_total", model="pool", upstream=dead) >= 1
@@ -149,6 +169,8 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
     assert value(samples, "llmgateway_usage_flush_duration_seconds_count") >= 1
     assert value(samples, "process_resident_memory_bytes") > 0
     assert ("llmgateway_redis_up", frozenset()) not in samples, "no Redis configured, no Redis gauge"
+    names = {name for name, _ in samples}
+    assert not [name for name in CONTRACT if name not in names], "the names the alerts and dashboard use"
 
     # Nothing names a person or a key; /metrics is not on the public port.
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
