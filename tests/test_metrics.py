@@ -180,7 +180,8 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
 
 def test_a_store_outage_shows_as_flush_failures_and_a_growing_spool(start_mock, start_gateway) -> None:
     mock = start_mock()
-    gw, port = metrics_gateway(start_gateway, model_toml("m", [mock.url]), store_query="?timeout=0.2")
+    gw, port = metrics_gateway(start_gateway, model_toml("m", [mock.url]), "[jobs]\nrollup_interval_seconds = 1\n",
+                               store_query="?timeout=0.2")
     client = gw.client(gw.create_key())
     client.chat.completions.create(model="m", messages=HELLO, max_tokens=1)
     gw.wait_events(1)
@@ -189,8 +190,9 @@ def test_a_store_outage_shows_as_flush_failures_and_a_growing_spool(start_mock, 
         for n in range(1, 4):
             client.chat.completions.create(model="m", messages=HELLO, max_tokens=n)
         wait_for(lambda: spooled(gw), 10, what="a spool file while the store is locked")
-        during = wait_for(lambda: (s := scrape(port)) and value(s, "llmgateway_usage_spool_files") and s,
-                          what="the spool in the metrics")
+        during = wait_for(lambda: (s := scrape(port)) and value(s, "llmgateway_usage_spool_files")
+                          and value(s, "llmgateway_job_failures_total", job="rollups") and s,
+                          what="the spool and a failed rollup in the metrics")
         assert value(during, "llmgateway_usage_flush_failures_total") >= 1
         assert value(during, "llmgateway_usage_spool_files") == len(spooled(gw))
         assert value(during, "llmgateway_usage_spool_bytes") == sum(p.stat().st_size for p in spooled(gw))
@@ -198,6 +200,8 @@ def test_a_store_outage_shows_as_flush_failures_and_a_growing_spool(start_mock, 
     after = wait_for(lambda: (s := scrape(port)) and value(s, "llmgateway_usage_spool_files") == 0 and s,
                      what="the spool replayed")
     assert value(after, "llmgateway_usage_spool_bytes") == 0
+    assert value(after, "llmgateway_job_runs_total", job="rollups") > value(after, "llmgateway_job_failures_total",
+                                                                           job="rollups")
     assert value(after, "llmgateway_tokens_total", type="completion") == 1 + 1 + 2 + 3
 
 
