@@ -1,17 +1,21 @@
 """`python -m bench.metrics_cost`: what the Prometheus metrics cost a call, metrics on against off.
 
-Two gateways from this repository run side by side in front of one mock upstream, the same in
+Four gateways from this repository run side by side in front of one mock upstream, the same in
 everything but `[metrics] listen` (off: no counting at all; on: every hook counts and a scrape
-runs each round, as Prometheus would). Both are pinned to one core, the mock and the load driver
-to the other. The rounds interleave them (off, on, then on, off, ...), so that whatever else
-loads the machine meets both alike; each round measures per gateway the p50 of sequential calls
+runs each round, as Prometheus would): off, on, on, off, started in that order so that neither
+kind has the better place. All are pinned to one core, the mock and the load driver to the
+other. Each round measures them one after another (off, on, on, off, then reversed), so that
+whatever else loads the machine meets both kinds alike; a kind's figure in a round is the mean
+of its two gateways'. Each round measures per gateway the p50 of sequential calls
 on one connection (plain and streamed), the throughput at 50 connections (plain and streamed),
 and the gateway's CPU time per call during those throughput runs. Wall-clock figures swing with
 whatever else the machine runs; CPU time per call swings much less, so it shows a small cost
 best. First it times the hooks themselves in-process (what one call adds when metrics are on:
 the series lookup, the counters and the histograms of a plain call and of a stream), which no
 other load on the machine disturbs. It prints a Markdown table of the medians over the rounds
-and the median of the per-round differences, and writes the figures as JSON.
+and the median of the per-round differences, and writes the figures as JSON. `--control` runs
+both gateways with metrics off: the differences it prints are the harness's noise on this
+machine, the yardstick for the real run's.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput run (default 5)")
     parser.add_argument("--chunks", type=int, default=20, help="tokens (chunks) per answer (default 20)")
+    parser.add_argument("--control", action="store_true", help="metrics off in both: the noise floor")
     parser.add_argument("--out", type=Path, default=Path("bench/results/metrics-cost.json"))
     args = parser.parse_args(argv)
     plan = Plan(requests=args.requests, warmup=args.warmup, connections=args.connections, duration=args.duration,
@@ -95,19 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         children = Children(Path(tmp))
         try:
             _, mock_port = start_mock(children, plan, client_cpu, "mock")
-            metrics_port = free_port()
-            targets, pids = {}, {}
-            for name, extra in (("off", ""), ("on", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n')):
-                workdir = Path(tmp) / name
+            gateways = []
+            for n, kind in enumerate(("off", "on", "on", "off")):
+                workdir = Path(tmp) / f"{kind}{n}"
                 workdir.mkdir()
+                metrics_port = free_port()
+                counting = kind == "on" and not args.control
+                extra = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n' if counting else ""
                 proc, port, key = start_gateway(children, sys.executable, workdir, mock_port, plan, gateway_cpu,
-                                                extra=extra, name=f"gateway-{name}")
-                targets[name], pids[name] = load.Target("127.0.0.1", port, key=key), proc.pid
+                                                extra=extra, name=f"gateway-{kind}{n}")
+                gateways.append((kind, load.Target("127.0.0.1", port, key=key), proc.pid, metrics_port if extra else 0))
             rounds: list[dict[str, dict[str, float]]] = []
             for i in range(args.rounds):
-                order = ("off", "on") if i % 2 == 0 else ("on", "off")
-                figures = {name: one_round(targets[name], pids[name], args, client_cpu) for name in order}
-                figures["on"]["scrape_bytes"] = scrape(metrics_port)
+                measured: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+                for kind, target, pid, metrics_port in gateways if i % 2 == 0 else reversed(gateways):
+                    measured[kind].append(one_round(target, pid, args, client_cpu))
+                    if metrics_port:
+                        scrape(metrics_port)
+                figures = {kind: {m: round(statistics.mean(f[m] for f in runs), 3) for m in MEASURES}
+                           for kind, runs in measured.items()}
                 rounds.append(figures)
                 print(f"round {i + 1}: " + json.dumps(figures), file=sys.stderr)
         except BenchError as exc:

@@ -159,7 +159,7 @@ class Metrics(NoMetrics):
         self.job_runs = Counter("llmgateway_job_runs", "Runs of a background job.", ("job",), registry=registry)
         self.job_failures = Counter("llmgateway_job_failures", "Failed runs of a background job.", ("job",),
                                     registry=registry)
-        self.job_success = GaugeByLabel()
+        self.job_success: dict[str, float] = {}
         self.store_duration = Histogram("llmgateway_store_operation_duration_seconds",
                                         "Duration of a store call, by store method.", ("operation",),
                                         buckets=STORE_BUCKETS, registry=registry)
@@ -212,7 +212,7 @@ class Metrics(NoMetrics):
         self.job_runs.labels(job).inc()
         failures = self.job_failures.labels(job)
         if ok:
-            self.job_success.values[job] = time.time()
+            self.job_success[job] = time.time()
         else:
             failures.inc()
 
@@ -225,13 +225,6 @@ class Metrics(NoMetrics):
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
-
-
-class GaugeByLabel:
-    """Job name -> unix time of its last success, exported by `StateCollector`."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
 
 
 class TimedStore:
@@ -263,7 +256,7 @@ class TimedStore:
 class StateCollector(Collector):
     """Gauges and counters read from the gateway's state when Prometheus scrapes (on the IOLoop)."""
 
-    def __init__(self, gateway: Gateway, job_success: GaugeByLabel) -> None:
+    def __init__(self, gateway: Gateway, job_success: dict[str, float]) -> None:
         self.gateway = gateway
         self.job_success = job_success
 
@@ -299,7 +292,7 @@ class StateCollector(Collector):
                                     "gateway runs without it.", value=1 if redis == "up" else 0)
         success = GaugeMetricFamily("llmgateway_job_last_success_timestamp_seconds",
                                     "Unix time of the job's last successful run.", labels=("job",))
-        for job, at in sorted(self.job_success.values.items()):
+        for job, at in sorted(self.job_success.items()):
             success.add_metric((job,), at)
         yield success
 
