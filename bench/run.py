@@ -47,6 +47,7 @@ STOP_TIMEOUT = 10.0
 VENV_BASE = "/usr/bin/python3.11"
 VENV_PACKAGES = (
     "tornado", "pycurl", "APScheduler", "pymongo", "redis", "python3-saml", "python-jose", "xmlsec", "lxml",
+    "prometheus_client",
 )
 PIP_TIMEOUT = 900.0
 # Points by which the target's core may be busier than the target itself (the kernel's loopback
@@ -181,14 +182,14 @@ def wait_ready(children: Children, name: str, proc: subprocess.Popen) -> tuple[s
 
 
 def gateway_config(workdir: Path, port: int, mock_port: int, plan: Plan, limits: str = "off",
-                   redis_url: str = "") -> Path:
+                   redis_url: str = "", extra: str = "") -> Path:
     """A throw-away gateway config: SQLite store and usage spool in the work directory.
 
     With `limits` on, every call is admitted through the limiter (limits too high to refuse
-    anything), in-process or, with `redis_url`, through Redis with the shared key cache.
+    anything), in-process or, with `redis_url`, through Redis with the shared key cache. `extra`
+    is more TOML (bench.metrics_cost adds a [metrics] listener).
     """
     path = workdir / "gateway.toml"
-    extra = ""
     if limits != "off":
         extra += "[limits.key]\nrequests_per_minute = 1000000000\nconcurrent_requests = 1000000\n\n"
     if redis_url:
@@ -224,11 +225,11 @@ def start_redis(children: Children, cpu: int | None) -> str:
 
 def start_gateway(
     children: Children, python: str, workdir: Path, mock_port: int, plan: Plan, cpu: int | None,
-    limits: str = "off", redis_url: str = "",
+    limits: str = "off", redis_url: str = "", extra: str = "", name: str = "gateway",
 ) -> tuple[subprocess.Popen, int, str]:
     """The gateway from this repository, with a fresh key; waits for GET /healthz to answer 200."""
     port = free_port()
-    config = gateway_config(workdir, port, mock_port, plan, limits, redis_url)
+    config = gateway_config(workdir, port, mock_port, plan, limits, redis_url, extra)
     made = subprocess.run(
         [python, "-m", "llmgateway", "keys", "create", "--config", str(config), "--user", "bench",
          "--name", "bench"],
@@ -237,11 +238,11 @@ def start_gateway(
     key = made.stdout.strip()
     if made.returncode != 0 or not key:
         raise BenchError(f"could not create a gateway key:\n{made.stderr.strip()}")
-    proc = children.start("gateway", [python, "-m", "llmgateway", "serve", "--config", str(config)], cpu)
+    proc = children.start(name, [python, "-m", "llmgateway", "serve", "--config", str(config)], cpu)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"the gateway exited with status {proc.returncode}:\n{children.log_tail('gateway')}")
+            raise BenchError(f"the gateway exited with status {proc.returncode}:\n{children.log_tail(name)}")
         with (
             contextlib.suppress(OSError, urllib.error.URLError),
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer,
@@ -249,7 +250,7 @@ def start_gateway(
             if answer.status == 200:
                 return proc, port, key
         time.sleep(0.1)
-    raise BenchError(f"the gateway did not answer /healthz in {START_TIMEOUT:g} s:\n{children.log_tail('gateway')}")
+    raise BenchError(f"the gateway did not answer /healthz in {START_TIMEOUT:g} s:\n{children.log_tail(name)}")
 
 
 def ensure_wrk() -> bool:
@@ -284,7 +285,8 @@ def ensure_venv(path: Path) -> Path:
             raise BenchError(f"could not make the venv {path}:\n{made.stderr.strip()}")
     if not python.exists():
         raise BenchError(f"{path} exists but has no bin/python: not a venv; remove it or choose another directory")
-    check = [str(python), "-c", "import tornado, pycurl, apscheduler, pymongo, redis, onelogin.saml2, jose, xmlsec"]
+    check = [str(python), "-c", "import tornado, pycurl, apscheduler, pymongo, redis, onelogin.saml2, jose, xmlsec, "
+             "prometheus_client"]
     if subprocess.run(check, capture_output=True, timeout=START_TIMEOUT, check=False).returncode == 0:
         return python
     pinned = []

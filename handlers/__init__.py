@@ -42,7 +42,7 @@ def make_app(gateway: Gateway, portal: Portal | None = None, admin: Admin | None
     return GuardedApplication(routes, default_handler_class=NotFoundHandler, default_handler_args=args,
                               api_body_cap=server.max_body_bytes, max_headers=server.max_headers,
                               max_header_bytes=server.max_header_bytes,
-                              body_timeout=server.body_timeout_seconds, **settings)
+                              body_timeout=server.body_timeout_seconds, refused=gateway.metrics.refused, **settings)
 
 
 def portal_routes(gateway: Gateway, portal: Portal) -> list[tuple]:

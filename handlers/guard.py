@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tornado import httputil
@@ -69,8 +70,9 @@ class GuardedApplication(Application):
     """A Tornado application whose requests pass `RequestGuard` first."""
 
     def __init__(self, *args: Any, api_body_cap: int, max_headers: int, max_header_bytes: int,
-                 body_timeout: float, **kwargs: Any) -> None:
+                 body_timeout: float, refused: Callable[[str], None] = lambda kind: None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.refused = refused
         self.api_body_cap = api_body_cap
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
@@ -113,6 +115,8 @@ class RequestGuard(httputil.HTTPMessageDelegate):
     def refuse(self, status: int, start_line: httputil.RequestStartLine, path: str, err: GatewayError) -> None:
         """Answer and close without reading the body or routing the request."""
         self.refused = True
+        if path.startswith("/v1/"):
+            self.app.refused("body")
         answer_and_close(self.conn, err)
         log.warning("%d %s %s (refused before routing)", status, start_line.method, path[:200])
 
@@ -131,15 +135,18 @@ class RequestGuard(httputil.HTTPMessageDelegate):
 
 
 class ShutdownGate(httputil.HTTPServerConnectionDelegate):
-    """Wraps the application; once `closing` is set, new requests are refused (see the module)."""
+    """Wraps the application; once `closing` is set, new requests are refused (see the module)
+    and each refusal is told to `refused` (the metrics count them)."""
 
-    def __init__(self, app: httputil.HTTPServerConnectionDelegate) -> None:
+    def __init__(self, app: httputil.HTTPServerConnectionDelegate,
+                 refused: Callable[[str], None] = lambda kind: None) -> None:
         self.app = app
+        self.refused = refused
         self.closing = False
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         inner = self.app.start_request(server_conn, request_conn)
-        return Refusal(request_conn, inner) if self.closing else inner
+        return Refusal(request_conn, inner, self.refused) if self.closing else inner
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
@@ -148,9 +155,11 @@ class ShutdownGate(httputil.HTTPServerConnectionDelegate):
 class Refusal(httputil.HTTPMessageDelegate):
     """One request during the drain: a 503 and the connection closed, or passed on (`STILL_SERVED`)."""
 
-    def __init__(self, conn: httputil.HTTPConnection, inner: httputil.HTTPMessageDelegate) -> None:
+    def __init__(self, conn: httputil.HTTPConnection, inner: httputil.HTTPMessageDelegate,
+                 refused: Callable[[str], None]) -> None:
         self.conn = conn
         self.inner = inner
+        self.refused = refused
         self.passed = False
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
@@ -164,6 +173,7 @@ class Refusal(httputil.HTTPMessageDelegate):
         if self.passed:
             self.inner.finish()
             return
+        self.refused("shutdown")
         answer_and_close(self.conn, SHUTTING_DOWN)
 
     def on_connection_close(self) -> None:

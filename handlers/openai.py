@@ -86,8 +86,14 @@ class ProxyHandler(BodyReader, BaseHandler):
         self.check_content_length()
         self.watch_body(self.gateway.config.server.body_timeout_seconds)
 
+    def refuse(self, exc: Exception) -> None:
+        if isinstance(exc, GatewayError):
+            self.gateway.metrics.refused_error(exc.status, exc.code)
+        super().refuse(exc)
+
     async def post(self, _path: str) -> None:
         self.body_arrived()
+        relaying = False
         try:
             self.call = prepare(self.gateway, self.key, self.endpoint, self.request_body(), self.request.headers)
             self.drop_body()
@@ -95,8 +101,11 @@ class ProxyHandler(BodyReader, BaseHandler):
             self.streaming = self.call.stream
             if self.gone:
                 self.call.cancel()
+            relaying = True
             await Relay(self.gateway, self.call, self).run()
         except GatewayError as err:
+            if not relaying:
+                self.gateway.metrics.refused_error(err.status, err.code)
             if self.call is not None:
                 err.headers["X-Request-Id"] = self.call.request_id
             self.send_gateway_error(err)

@@ -38,6 +38,7 @@ from .limits import (
     reservation,
 )
 from .limits_local import LocalLimiter
+from .metrics import LIMIT_REFUSALS, NoMetrics
 from .records import KeyRecord, UsageEvent
 from .shared import SharedState
 from .store import Store, StoreError
@@ -46,7 +47,9 @@ BUDGETS = ("cost_per_day", "cost_per_week", "tokens_per_day", "tokens_per_week")
 
 
 class Admission:
-    def __init__(self, config: Config, shared: SharedState | None, budgets: StoreBudgets | None = None) -> None:
+    def __init__(self, config: Config, shared: SharedState | None, budgets: StoreBudgets | None = None,
+                 metrics: NoMetrics | None = None) -> None:
+        self.metrics = metrics or NoMetrics()
         self.limits = config.limits
         self.on_failure = config.redis.on_failure
         self.shared = shared
@@ -87,6 +90,7 @@ class Admission:
             else:
                 verdict = self.local.admit_now(checks, request_id, lease)
         if not verdict.allowed:
+            self.metrics.refused(LIMIT_REFUSALS[checks[verdict.refused].kind])
             raise refusal(checks, verdict)
         ticket = Ticket(request_id, checks, verdict, free_model, held=verdict.backend == "store",
                         headers=rate_headers(checks, verdict))

@@ -31,9 +31,11 @@ HEALTH_SETTINGS = ("health_check_path", "health_check_seconds", "eject_after_fai
 MIN_LEASE_SECONDS = 3.0
 MIN_PROGRESS_SECONDS = 0.1
 MIN_HEALTH_CHECK_SECONDS = 0.1
+LOG_FORMATS = ("text", "json")
 
 ENV_OVERRIDES = {
     "LLMGW_LISTEN": ("server", "listen"),
+    "LLMGW_METRICS_LISTEN": ("metrics", "listen"),
     "LLMGW_STORE_URL": ("store", "url"),
     "LLMGW_SPOOL_DIR": ("usage", "spool_dir"),
     "LLMGW_REDIS_URL": ("redis", "url"),
@@ -57,6 +59,19 @@ class ServerConfig:
     body_timeout_seconds: float = 60.0
     max_headers: int = 100
     max_header_bytes: int = 32 * 1024
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus listener: off unless `listen` is set, never the public port."""
+
+    host: str = ""
+    port: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     portal: PortalConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -207,7 +223,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
 def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Turn a parsed TOML document into a validated `Config`."""
     known = {"server", "upstream", "store", "keys", "usage", "models", "limits", "redis", "jobs", "portal", "saml",
-             "admin"}
+             "admin", "metrics"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
@@ -222,13 +238,17 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         body_timeout_seconds=_number(server_raw, "server.body_timeout_seconds", 60.0),
         max_headers=_int(server_raw, "server.max_headers", 100, minimum=10),
         max_header_bytes=_int(server_raw, "server.max_header_bytes", 32 * 1024, minimum=4096),
+        log_format=_str(server_raw, "server.log_format", "text"),
     )
+    if server.log_format not in LOG_FORMATS:
+        raise ConfigError(f"server.log_format: {server.log_format!r} must be 'text' or 'json'")
     if server.body_timeout_seconds <= 0:
         raise ConfigError("server.body_timeout_seconds must be > 0")
     if server.max_header_bytes > 128 * 1024:
         raise ConfigError("server.max_header_bytes must be at most 131072")
     _reject_unknown(server_raw, "server", {"listen", "max_body_bytes", "drain_seconds", "access_log",
-                                           "body_timeout_seconds", "max_headers", "max_header_bytes"})
+                                           "body_timeout_seconds", "max_headers", "max_header_bytes",
+                                           "log_format"})
 
     up_raw = _table(raw, "upstream")
     _reject_unknown(
@@ -298,7 +318,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
     from .portal_config import parse_portal  # imported here: it builds on this module's helpers
 
     config = Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
-                    _parse_jobs(raw), parse_portal(raw, server), _parse_admin(raw))
+                    _parse_jobs(raw), parse_portal(raw, server), _parse_admin(raw), _parse_metrics(raw, server))
     check_config(config)
     return config
 
@@ -404,18 +424,31 @@ def _parse_admin(raw: Mapping[str, Any]) -> AdminConfig:
     )
 
 
-def parse_listen(value: Any) -> tuple[str, int]:
+def _parse_metrics(raw: Mapping[str, Any], server: ServerConfig) -> MetricsConfig:
+    table = _table(raw, "metrics")
+    _reject_unknown(table, "metrics", {"listen"})
+    listen = _str(table, "metrics.listen", "")
+    if not listen:
+        return MetricsConfig()
+    host, port = parse_listen(listen, "metrics.listen")
+    if port == server.port:
+        raise ConfigError(f"metrics.listen: port {port} is the public port (server.listen); metrics need a port "
+                          "of their own, reachable only from inside the cluster")
+    return MetricsConfig(host, port)
+
+
+def parse_listen(value: Any, setting: str = "server.listen") -> tuple[str, int]:
     """Split "host:port" (IPv6 as "[::1]:8000")."""
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"server.listen: {value!r} is not host:port")
+        raise ConfigError(f"{setting}: {value!r} is not host:port")
     host, _, port_s = value.rpartition(":")
     host = host.strip("[]")
     try:
         port = int(port_s)
     except ValueError:
-        raise ConfigError(f"server.listen: port {port_s!r} is not a number") from None
+        raise ConfigError(f"{setting}: port {port_s!r} is not a number") from None
     if not 0 <= port <= 65535 or not host:
-        raise ConfigError(f"server.listen: {value!r} is not host:port")
+        raise ConfigError(f"{setting}: {value!r} is not host:port")
     return host, port
 
 

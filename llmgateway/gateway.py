@@ -25,6 +25,7 @@ from .journal import Journal, Relayed
 from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
 from .ledger import UsageLedger
 from .limits import Ticket, merged
+from .metrics import Metrics, NoMetrics
 from .records import KeyRecord, ModelRecord, UsageEvent
 from .routing import Router
 from .shared import EPOCH, SharedState
@@ -43,14 +44,15 @@ class Gateway:
 
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
-        self.store = store
+        self.metrics = Metrics(self) if config.metrics.enabled else NoMetrics()
+        self.store = self.metrics.timed_store(store)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
         self.keys = KeyCache(config.keys.cache_ttl_seconds, config.keys.negative_ttl_seconds,
                              config.keys.cache_max_entries, config.keys.negative_max_entries)
         served, self.model_problems = catalog.build(config, [])
         self.router = Router(served)
         self.ledger = UsageLedger(
-            store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
+            self.store, config.usage.spool_dir, config.usage.max_buffer_events, config.usage.flush_batch
         )
         self.journal = Journal(config.usage.journal_dir)
         self.upstream = UpstreamClient(config.upstream)
@@ -63,10 +65,10 @@ class Gateway:
         self._background: set[asyncio.Task] = set()
         self.shared = (SharedState(config.redis, self.invalidated, self.reconcile, self.redis_down)
                        if config.redis.url else None)
-        budgets = (StoreBudgets(store, self.in_thread, self.flush, lambda: self.free_models,
+        budgets = (StoreBudgets(self.store, self.in_thread, self.flush, lambda: self.free_models,
                                 config.upstream.request_timeout + HOLD_MARGIN_SECONDS, config.redis.timeout_seconds)
                    if self.shared is not None else None)
-        self.admission = Admission(config, self.shared, budgets)
+        self.admission = Admission(config, self.shared, budgets, self.metrics)
         self.free_models = [m.id for m in config.models if m.free]
         self._refreshing: asyncio.Task | None = None
         self._catalog_records: list[ModelRecord] | None = None
@@ -318,6 +320,7 @@ class Gateway:
         """A call's usage: into the journal first (a kill after this line loses nothing), then the ledger."""
         self.journal.closed(event)
         self.ledger.append(event)
+        self.metrics.recorded(event)
 
     def in_background(self, coro: Any) -> None:
         """Run settlement work (token counting) after the response; shutdown waits for it."""
@@ -349,7 +352,9 @@ class Gateway:
             except StoreError as exc:
                 log.warning("could not record key last-use times: %s", exc)
         self.journal.rotate(self.ledger.appended)
+        started = time.perf_counter()
         written = await self.in_thread(self.ledger.flush)
+        self.metrics.flushed(time.perf_counter() - started)
         self.journal.retire(self.ledger.secured)
         return written
 

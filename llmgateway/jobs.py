@@ -8,6 +8,7 @@ and the next run tries again.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import secrets
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from .config import JobsConfig
 from .gateway import Gateway
+from .metrics import NoMetrics
 from .store import BUCKETS
 
 log = logging.getLogger("llmgateway.jobs")
@@ -25,14 +27,22 @@ HOLDER = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 RECENT_BUCKETS = {"hour": 3, "day": 2}
 
 
-def guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
-    """Run `job`, logging (not raising) a failure so the scheduler simply runs it again next time."""
+def guarded(name: str, job: Callable[[], Awaitable[object] | object],
+            metrics: NoMetrics | None = None) -> Callable[[], Awaitable[None]]:
+    """Run `job`, logging (not raising) a failure so the scheduler simply runs it again next time,
+    and count the run for the metrics (runs, failures, last success)."""
+    counted = metrics or NoMetrics()
 
     async def run() -> None:
         try:
-            await job()
+            result = job()
+            if inspect.isawaitable(result):
+                await result
         except Exception:
             log.exception("job %s failed; it runs again at its next interval", name)
+            counted.job_ran(name, False)
+            return
+        counted.job_ran(name, True)
 
     return run
 

@@ -41,6 +41,7 @@ class UsageLedger:
         self._flush_lock = threading.Lock()
         self._seq = 0
         self.failing = False
+        self.failures = 0
         self.dropped = 0
         self.appended = 0
         self.secured = 0
@@ -81,7 +82,13 @@ class UsageLedger:
             log.warning("usage store reachable again")
             self.failing = False
 
+    @property
+    def queued(self) -> int:
+        """Events waiting for the next flush."""
+        return len(self._events)
+
     def _failed(self, exc: Exception) -> None:
+        self.failures += 1
         if not self.failing:
             log.warning("usage flush failed, spooling events to %s: %s", self.spool_dir, exc)
             self.failing = True

@@ -279,6 +279,8 @@ class Relay:
         self.rename = model_renamer(call.route.model.target_model, call.route.model.id)
         self.meter = StreamMeter(call.strip_usage, self.rename is not None) if call.stream else None
         self.settling = False
+        self.first_chunk = 0.0
+        self.chunks = 0
 
     async def run(self) -> None:
         """Relay through the model's pool (`_through_pool`), then finish the answer and settle."""
@@ -401,7 +403,9 @@ class Relay:
             return
         if not self.started_client:
             self.started_client = True
+            self.first_chunk = time.perf_counter() - self.call.started
             self.sink.start(self.status, self._relayed_headers())
+        self.chunks += 1
         assert self.meter is not None
         out = self.meter.feed(data)
         if self.rename is not None and out:
@@ -471,7 +475,10 @@ class Relay:
     ) -> None:
         """Record the call's usage: exact from upstream, else counted after the response."""
         self.settling = True
-        latency_ms = (time.perf_counter() - self.call.started) * 1000
+        seconds = time.perf_counter() - self.call.started
+        latency_ms = seconds * 1000
+        self.gw.metrics.settled(self.call.route.model.id, self.call.endpoint.path, status, seconds, self.first_chunk,
+                                self.chunks)
         if usage is not None or status >= 400 and meter is None:
             prompt, completion = usage or (0, 0)
             self._record(self._event(status, latency_ms, prompt, completion, False))

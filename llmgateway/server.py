@@ -18,13 +18,15 @@ from tornado.httpserver import HTTPServer
 
 from handlers import make_app
 from handlers.guard import MAX_HEADER_BLOCK, ShutdownGate
+from handlers.metrics import make_metrics_app
 
 from .admin import Admin
 from .admin_auth import bootstrap_hash
 from .config import Config, ConfigError
 from .gateway import Gateway
 from .health_checks import HealthChecker
-from .log import log_request, quiet_access_log
+from .log import log_request, log_request_json, quiet_access_log, setup_logging
+from .metrics import Metrics
 from .portal import Portal
 from .proxy import SHUTTING_DOWN
 from .scheduler import make_scheduler
@@ -49,7 +51,22 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def listen_metrics(gateway: Gateway) -> HTTPServer | None:
+    """The metrics listener (`[metrics] listen`), if configured: its own application and port."""
+    metrics, where = gateway.metrics, gateway.config.metrics
+    if not isinstance(metrics, Metrics):
+        return None
+    server = HTTPServer(make_metrics_app(metrics), idle_connection_timeout=75)
+    try:
+        server.listen(where.port, where.host)
+    except OSError as exc:
+        raise ConfigError(f"metrics.listen: cannot listen on {where.host}:{where.port}: {exc.strerror}") from None
+    return server
+
+
 async def serve(config: Config) -> None:
+    if config.server.log_format != "text":
+        setup_logging(logging.getLevelName(logging.getLogger().level), config.server.log_format)
     store = open_store(config.store_url)
     store.init()
     gateway = Gateway(config, store)
@@ -61,8 +78,9 @@ async def serve(config: Config) -> None:
     except ConfigError:
         gateway.close()
         raise
-    app = make_app(gateway, portal, admin, log_function=log_request)
-    gate = ShutdownGate(app)
+    app = make_app(gateway, portal, admin,
+                   log_function=log_request_json if config.server.log_format == "json" else log_request)
+    gate = ShutdownGate(app, gateway.metrics.refused)
     server = HTTPServer(gate, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
                         idle_connection_timeout=75)
     try:
@@ -71,6 +89,12 @@ async def serve(config: Config) -> None:
         gateway.close()
         raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
                           f"{exc.strerror}") from None
+    try:
+        metrics_server = listen_metrics(gateway)
+    except ConfigError:
+        server.stop()
+        gateway.close()
+        raise
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +108,8 @@ async def serve(config: Config) -> None:
         "LLM Gateway listening on %s:%d (store %s, %d models)",
         config.server.host, config.server.port, config.store_url.split(":", 1)[0], len(config.models),
     )
+    if metrics_server is not None:
+        log.info("metrics at http://%s:%d/metrics", config.metrics.host, config.metrics.port)
     if portal is not None:
         log.info("portal at %s/portal, admin UI at %s/admin%s", portal.config.public_url, portal.config.public_url,
                  " (development login: anyone can log in as anyone)" if portal.config.dev_login else "")
@@ -104,5 +130,8 @@ async def serve(config: Config) -> None:
     written = await gateway.flush()
     log.info("final usage flush: %d events written, %d left spooled", written, len(gateway.ledger.spooled_files()))
     await server.close_all_connections()
+    if metrics_server is not None:
+        metrics_server.stop()
+        await metrics_server.close_all_connections()
     await gateway.stop_shared()
     gateway.close()

@@ -147,3 +147,35 @@ def test_pool_settings_have_defaults_for_vllm_and_llama_cpp_python() -> None:
     [model] = parse_config({"models": [{"id": "a", "upstreams": ["http://h"], "health_check_seconds": 0,
                                         "eject_seconds": 600, "failover_on_busy": False}]}).models
     assert (model.health_check_seconds, model.eject_max_seconds, model.failover_on_busy) == (0.0, 600.0, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"metrics": {"listen": "nohost"}}, "metrics.listen: 'nohost' is not host:port"),
+        ({"metrics": {"listen": "h:99999"}}, "metrics.listen: 'h:99999' is not host:port"),
+        ({"metrics": {"listen": "h:port"}}, "metrics.listen: port 'port' is not a number"),
+        ({"metrics": {"listen": 9464}}, "metrics.listen: 9464 must be a string"),
+        ({"metrics": {"listen": "0.0.0.0:8000"}}, "metrics.listen: port 8000 is the public port"),
+        ({"server": {"listen": "0.0.0.0:9464"}, "metrics": {"listen": "127.0.0.1:9464"}},
+         "metrics.listen: port 9464 is the public port"),
+        ({"metrics": {"port": 9464}}, "metrics.port is not a known setting"),
+        ({"metrics": "on"}, r"\[metrics\] must be a table"),
+        ({"server": {"log_format": "xml"}}, "server.log_format: 'xml' must be 'text' or 'json'"),
+        ({"server": {"log_format": True}}, "server.log_format: True must be a string"),
+    ],
+)
+def test_bad_metrics_and_log_settings_get_one_clear_error(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_metrics_are_off_unless_a_listener_is_set(tmp_path: Path) -> None:
+    assert not parse_config({}).metrics.enabled
+    assert parse_config({}).server.log_format == "text"
+    config = parse_config({"metrics": {"listen": "0.0.0.0:9464"}, "server": {"log_format": "json"}})
+    assert (config.metrics.host, config.metrics.port, config.metrics.enabled) == ("0.0.0.0", 9464, True)
+    assert config.server.log_format == "json"
+    path = tmp_path / "g.toml"
+    path.write_text("")
+    assert load_config(str(path), environ={"LLMGW_METRICS_LISTEN": "0.0.0.0:9465"}).metrics.port == 9465
