@@ -160,6 +160,9 @@ def test_both_shapes_render_with_what_each_needs(base: list[dict[str, Any]],
     assert {doc["kind"] for doc in base} == common | {"PersistentVolumeClaim"}
     assert {doc["kind"] for doc in replicated} == common | {"PodDisruptionBudget", "HorizontalPodAutoscaler"}
     assert {doc["metadata"].get("namespace") for doc in replicated} == {"llmgateway"}
+    # SQLite on a ReadWriteOnce volume: one pod, and the old one gone before the new one starts.
+    assert one(base, "Deployment")["spec"]["replicas"] == 1
+    assert one(base, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     # The documented host patch reaches both the rule and the certificate's host list.
     ingress = one(replicated, "Ingress")["spec"]
     assert ingress["rules"][0]["host"] == HOST and ingress["tls"][0]["hosts"] == [HOST]
@@ -333,7 +336,8 @@ def test_the_autoscaler_drain_and_disruption_budget_fit_together(replicated: lis
     pod = deployment["spec"]["template"]["spec"]
     pre_stop = int(container(replicated)["lifecycle"]["preStop"]["exec"]["command"][1])
     drain = gateway_toml()["server"]["drain_seconds"]
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5 + 5 + 5
+    cut, store_timeout, margin = 5, 5, 5
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + cut + store_timeout + margin
 
 
 # --- alert rules ------------------------------------------------------------------------------
@@ -432,7 +436,7 @@ def dashboard_expressions(board: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def test_every_metric_and_label_in_the_rules_and_the_dashboard_is_the_gatewayss(base: list[dict[str, Any]]) -> None:
+def test_every_metric_and_label_in_the_rules_and_the_dashboard_is_the_gateways(base: list[dict[str, Any]]) -> None:
     for rule in rules_of(base):
         check_expression(rule["expr"], rule["alert"])
     for title, expr in dashboard_expressions(dashboard()):
@@ -458,6 +462,10 @@ def test_the_dashboard_is_a_configmap_for_grafanas_sidecar_with_every_panel(shap
     assert json.loads(configmap["data"]["llmgateway-dashboard.json"]) == board
     panels = board["panels"]
     assert len({panel["id"] for panel in panels}) == len(panels)
+    # Grafana's grid is 24 wide; panels that overlap are pushed about on load.
+    cells = [(x, y) for panel in panels for grid in [panel["gridPos"]]
+             for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])]
+    assert len(cells) == len(set(cells)) and all(x < 24 for x, _ in cells)
     for panel in panels:
         if panel["type"] != "row":
             assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}", panel["title"]
