@@ -12,11 +12,11 @@ against what the gateway exports, and the Dockerfile is linted with hadolint (Py
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sysconfig
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from llmgateway.config import ServerConfig, UpstreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "kubernetes"
-HOST = "llm.research.example.edu"
+HOST = "llm.research.example.edu"  # what the README's kustomization patches in
 # The oldest Kubernetes the files are meant for, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -102,20 +102,15 @@ def render(directory: Path) -> list[dict[str, Any]]:
 
 
 def replicated_kustomization(directory: Path) -> Path:
-    """A kustomization of an operator's own, outside kubernetes/, as README.md shows it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": "llmgateway",
-        "resources": [os.path.relpath(KUBERNETES, directory)],
-        "components": [os.path.relpath(KUBERNETES / "overlays" / "replicated", directory)],
-        "patches": [{"target": {"kind": "Ingress", "name": "llmgateway"}, "patch": yaml.safe_dump([
-            {"op": "replace", "path": "/spec/rules/0/host", "value": HOST},
-            {"op": "replace", "path": "/spec/tls/0/hosts/0", "value": HOST},
-        ])}],
-    }))
-    return directory
+    """The operator's own kustomization that kubernetes/README.md shows ("Use it"), in a folder
+    beside a checkout named llmgateway, as it says."""
+    readme = (KUBERNETES / "README.md").read_text()
+    shown = re.search(r"\n( {7}resources:\n(?: {7}.*\n)+)", readme)
+    assert shown, "kubernetes/README.md no longer shows the replicated kustomization"
+    (directory / "llmgateway").symlink_to(ROOT, target_is_directory=True)
+    (directory / "mine").mkdir()
+    (directory / "mine" / "kustomization.yaml").write_text(textwrap.dedent(shown.group(1)))
+    return directory / "mine"
 
 
 @pytest.fixture(scope="module")
