@@ -5,9 +5,9 @@
 #       -e LLM_DEFAULT_URL=http://my-llm-host:8000 llmgateway
 #   docker exec <container> llmgateway keys create --user alice --name laptop
 #
-# The default config is kubernetes/gateway.toml, baked in at /etc/llmgateway/gateway.toml;
-# mount another file there (or set LLMGW_CONFIG) to change models. State (SQLite store and the
-# usage spool) lives on the /data volume.
+# The default config is kubernetes/gateway.toml, baked in at /etc/llmgateway/gateway.toml (API on
+# 8000, metrics on 9464); mount another file there (or set LLMGW_CONFIG) to change models. State
+# (SQLite store and the usage spool) lives on the /data volume.
 
 # --- build: install the package and its dependencies into a virtualenv -------------------------
 FROM python:3.11-slim AS build
@@ -53,7 +53,9 @@ COPY kubernetes/gateway.toml /etc/llmgateway/gateway.toml
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 8000
+# 8000: the API. 9464: Prometheus' /metrics, as [metrics] listen in kubernetes/gateway.toml sets
+# it; publish it only to your monitoring (it asks for no key).
+EXPOSE 8000 9464
 
 # SIGTERM: stop accepting, drain open streams for server.drain_seconds (30), flush usage.
 # Give `docker stop` enough time: docker stop --time 45 (Kubernetes: terminationGracePeriodSeconds).

@@ -30,9 +30,10 @@ demo: install
 
 # What the tests need besides Python packages: redis-server (shared-state tests), xmlsec1 (the
 # test SAML IdP signs with it), chromium (the browser tests; playwright never downloads a browser),
-# a C++ compiler (llama-cpp-python builds from source the first time; pip caches the wheel) and
-# npm (axe-core, which the browser tests inject into the pages).
-TEST_PACKAGES = redis-server:redis-server xmlsec1:xmlsec1 chromium:chromium g++:g++ npm:npm
+# a C++ compiler (llama-cpp-python builds from source the first time; pip caches the wheel),
+# npm (axe-core, which the browser tests inject into the pages) and promtool (Debian's prometheus:
+# the alert rules of kubernetes/monitoring/ and their unit tests).
+TEST_PACKAGES = redis-server:redis-server xmlsec1:xmlsec1 chromium:chromium g++:g++ npm:npm promtool:prometheus
 
 $(VENV)/.installed-test: $(PY) setup.py
 	@tools/need-packages.sh $(TEST_PACKAGES)

