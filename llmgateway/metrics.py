@@ -131,7 +131,7 @@ class Metrics(NoMetrics):
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         self.requests = Counter("llmgateway_requests", "Calls relayed to an upstream, by the status answered.",
-                                ("model", "endpoint", "status_class"), registry=registry)
+                                ("model", "route", "status_class"), registry=registry)
         self.refusals = Counter("llmgateway_refusals", "/v1 calls refused before reaching an upstream, by why.",
                                 ("kind",), registry=registry)
         self.duration = Histogram("gen_ai_client_operation_duration_seconds",
@@ -156,8 +156,8 @@ class Metrics(NoMetrics):
         self.flush_duration = Histogram("llmgateway_usage_flush_duration_seconds",
                                         "Duration of a usage ledger flush (store writes and spool).",
                                         buckets=FLUSH_BUCKETS, registry=registry)
-        self.job_runs = Counter("llmgateway_job_runs", "Runs of a background job.", ("job",), registry=registry)
-        self.job_failures = Counter("llmgateway_job_failures", "Failed runs of a background job.", ("job",),
+        self.job_runs = Counter("llmgateway_job_runs", "Runs of a background job.", ("job_id",), registry=registry)
+        self.job_failures = Counter("llmgateway_job_failures", "Failed runs of a background job.", ("job_id",),
                                     registry=registry)
         self.job_success: dict[str, float] = {}
         self.store_duration = Histogram("llmgateway_store_operation_duration_seconds",
@@ -291,7 +291,7 @@ class StateCollector(Collector):
             yield GaugeMetricFamily("llmgateway_redis_up", "1 while the shared Redis answers, 0 while the "
                                     "gateway runs without it.", value=1 if redis == "up" else 0)
         success = GaugeMetricFamily("llmgateway_job_last_success_timestamp_seconds",
-                                    "Unix time of the job's last successful run.", labels=("job",))
+                                    "Unix time of the job's last successful run.", labels=("job_id",))
         for job, at in sorted(self.job_success.items()):
             success.add_metric((job,), at)
         yield success

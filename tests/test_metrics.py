@@ -16,26 +16,25 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayProcess, RedisServer, free_port, http_json, model_toml, wait_for
+from tests.metric_names import GATEWAY_METRICS, TARGET_LABELS, series_name
 from tests.test_hostile import raw_exchange, status_of
 from tests.test_lifecycle import spooled, store_locked
 
 HELLO = [{"role": "user", "content": "Tell me a story"}]
 PRICES = {"prompt_cost_per_1k": 1.0, "completion_cost_per_1k": 2.0}
 Samples = dict[tuple[str, frozenset], float]
-# The names the Kubernetes alert rules and dashboard are written against (a sample of each).
-CONTRACT = (
-    "llmgateway_requests_total", "llmgateway_requests_in_flight", "llmgateway_streams_in_flight",
-    "llmgateway_refusals_total", "gen_ai_client_operation_duration_seconds_bucket",
-    "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
-    "gen_ai_client_operation_time_per_output_chunk_seconds_bucket", "gen_ai_client_token_usage_bucket",
-    "llmgateway_tokens_total", "llmgateway_cost_total", "llmgateway_upstream_healthy",
-    "llmgateway_upstream_failures_total", "llmgateway_upstream_failovers_total",
-    "llmgateway_upstream_ejections_total", "llmgateway_upstream_in_flight", "llmgateway_usage_queue_depth",
-    "llmgateway_usage_flush_duration_seconds_bucket", "llmgateway_usage_flush_failures_total",
-    "llmgateway_usage_spool_files", "llmgateway_usage_spool_bytes", "llmgateway_job_runs_total",
-    "llmgateway_job_failures_total", "llmgateway_job_last_success_timestamp_seconds",
-    "llmgateway_store_operation_duration_seconds_bucket",
-)
+
+
+OURS = ("llmgateway_", "gen_ai_")
+
+
+def exported_metrics(samples: Samples) -> dict[str, frozenset[str]]:
+    """The gateway's own metrics in a scrape (a histogram by its own name) and the labels on each."""
+    found: dict[str, set[str]] = {}
+    for name, labels in samples:
+        if name.startswith(OURS):
+            found.setdefault(series_name(name), set()).update(label for label, _ in labels if label != "le")
+    return {name: frozenset(labels) for name, labels in found.items()}
 
 
 def scrape(port: int) -> Samples:
@@ -120,7 +119,7 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
     expected = Counter((e["model"], e["endpoint"], f"{e['status'] // 100}xx" if e["status"] != 499 else "4xx")
                        for e in events)
     for (model, endpoint, status_class), count in expected.items():
-        assert value(samples, "llmgateway_requests_total", model=model, endpoint=endpoint,
+        assert value(samples, "llmgateway_requests_total", model=model, route=endpoint,
                      status_class=status_class) == count, (model, endpoint, status_class)
     assert value(samples, "llmgateway_requests_total") == len(events)
     assert value(samples, "llmgateway_requests_total", model="m", status_class="5xx") == 1
@@ -162,15 +161,18 @@ def test_metrics_tell_what_happened(start_mock, start_gateway) -> None:
     assert value(samples, "llmgateway_upstream_failovers_total", model="pool", upstream=mock.url) == 0
     assert value(samples, "llmgateway_upstream_healthy", model="m", upstream=mock.url) == 1
 
-    assert value(samples, "llmgateway_job_runs_total", job="usage-flush") >= 1
-    assert value(samples, "llmgateway_job_failures_total", job="usage-flush") == 0
-    assert value(samples, "llmgateway_job_last_success_timestamp_seconds", job="usage-flush") > 0
+    assert value(samples, "llmgateway_job_runs_total", job_id="usage-flush") >= 1
+    assert value(samples, "llmgateway_job_failures_total", job_id="usage-flush") == 0
+    assert value(samples, "llmgateway_job_last_success_timestamp_seconds", job_id="usage-flush") > 0
     assert value(samples, "llmgateway_store_operation_duration_seconds_count", operation="insert_usage") >= 1
     assert value(samples, "llmgateway_usage_flush_duration_seconds_count") >= 1
     assert value(samples, "process_resident_memory_bytes") > 0
     assert ("llmgateway_redis_up", frozenset()) not in samples, "no Redis configured, no Redis gauge"
-    names = {name for name, _ in samples}
-    assert not [name for name in CONTRACT if name not in names], "the names the alerts and dashboard use"
+    exported = exported_metrics(samples)
+    promised = {name: labels for name, (_, labels) in GATEWAY_METRICS.items()
+                if name.startswith(OURS) and name != "llmgateway_redis_up"}
+    assert exported == promised, "exactly the names and labels the alert rules and the dashboard use"
+    assert not set().union(*exported.values()) & TARGET_LABELS, "no label Prometheus would rename exported_*"
 
     # Nothing names a person or a key; /metrics is not on the public port.
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -191,15 +193,15 @@ def test_a_store_outage_shows_as_flush_failures_and_a_growing_spool(start_mock, 
             client.chat.completions.create(model="m", messages=HELLO, max_tokens=n)
         wait_for(lambda: spooled(gw), 10, what="a spool file while the store is locked")
         during = wait_for(lambda: (s := scrape(port)) and value(s, "llmgateway_usage_spool_files")
-                          and value(s, "llmgateway_job_failures_total", job="rollups") and s,
+                          and value(s, "llmgateway_job_failures_total", job_id="rollups") and s,
                           what="the spool and a failed rollup in the metrics")
         assert value(during, "llmgateway_usage_flush_failures_total") >= 1
         assert value(during, "llmgateway_usage_spool_files") == len(spooled(gw))
         assert value(during, "llmgateway_usage_spool_bytes") == sum(p.stat().st_size for p in spooled(gw))
     gw.wait_events(4)
     after = wait_for(lambda: (s := scrape(port)) and value(s, "llmgateway_usage_spool_files") == 0
-                     and value(s, "llmgateway_job_runs_total", job="rollups")
-                     > value(s, "llmgateway_job_failures_total", job="rollups") and s,
+                     and value(s, "llmgateway_job_runs_total", job_id="rollups")
+                     > value(s, "llmgateway_job_failures_total", job_id="rollups") and s,
                      what="the spool replayed and a rollup that succeeded again")
     assert value(after, "llmgateway_usage_spool_bytes") == 0
     assert value(after, "llmgateway_tokens_total", type="completion") == 1 + 1 + 2 + 3
