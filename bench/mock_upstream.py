@@ -46,8 +46,8 @@ front of ``/v1/``). ``--api-key`` refuses other keys with a 401 quoting part of 
 hosted services do.
 
 ``GET /mock/requests`` (the last 200 requests, oldest first: method, path without a seed prefix,
-``raw_path`` as on the request line, headers, parsed body, and ``streams_open``: how many streams
-were still being sent when it arrived),
+``raw_path`` as on the request line, headers, parsed body, ``raw``: the body's bytes as text, and
+``streams_open``: how many streams were still being sent when it arrived),
 ``GET /mock/stats`` and ``POST /mock/reset`` are not themselves logged or counted. A stream counts
 as completed once ``[DONE]`` is sent, as aborted when its client leaves first; a ``die`` stream
 is neither.
@@ -356,7 +356,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         raw = b"".join(self.chunks)
         streams_open = stats.streams_started - stats.streams_completed - stats.streams_aborted
         entry: dict[str, Any] = {"method": self.method, "path": self.path, "raw_path": self.raw_path,
-                                 "headers": dict(self.headers), "body": None, "streams_open": streams_open}
+                                 "headers": dict(self.headers), "body": None, "streams_open": streams_open,
+                                 "raw": raw.decode("utf-8", "replace")}
         stats.log.append(entry)
         try:
             self.body = entry["body"] = json.loads(raw) if raw else None

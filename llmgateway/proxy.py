@@ -1,7 +1,8 @@
 """The request path after authentication: validate, authorize, route, relay, settle.
 
-The body is parsed once; the gateway re-serialises it only when it must change it (the upstream
-model name, or asking a stream for its usage chunk). Streams are relayed chunk by chunk through a
+The body is parsed once; the gateway changes its bytes only when it must (the upstream model
+name, or asking a stream for its usage chunk): a splice for the one, the parsed body written
+again with orjson for the other (`upstream_payload`). Streams are relayed chunk by chunk through a
 `Sink` (the handler) while `StreamMeter` reads usage from them.
 """
 
@@ -23,7 +24,7 @@ from tornado.httpclient import HTTPResponse
 from .endpoints import KNOWN, Endpoint
 from .errors import GatewayError, bad_request, sse_error_event, upstream_failure
 from .gateway import Gateway
-from .jsonbody import encode_body, load_json
+from .jsonbody import encode_body, load_json, prepend_member, strip_bom
 from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
@@ -141,23 +142,32 @@ def authorize_model(gw: Gateway, key: KeyRecord, model: str) -> Route:
 
 def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_headers: Any) -> Call:
     """Parse, validate, authorize and route one request to a registry endpoint."""
+    raw = strip_bom(raw)
     body = parse_body(raw)
     model, stream = validate(endpoint, body)
     route = authorize_model(gw, key, model)
-    changed = False
-    if route.model.target_model != model:
-        body["model"] = route.model.target_model
-        changed = True
-    strip_usage = False
-    if stream and endpoint.usage_in_stream:
-        options = body.get("stream_options") or {}
-        if options.get("include_usage") is not True:
-            body["stream_options"] = {**options, "include_usage": True}
-            strip_usage = changed = True
-    payload = encode_body(body) if changed else raw
+    options = body.get("stream_options") or {}
+    strip_usage = stream and endpoint.usage_in_stream and options.get("include_usage") is not True
+    payload = upstream_payload(raw, body, route.model.target_model, strip_usage)
     call = Call(key, route, endpoint, body, payload, stream, strip_usage, {})
     call.headers = upstream_headers(client_headers, route.secret, call.request_id)
     return call
+
+
+def upstream_payload(raw: bytes, body: dict, target_model: str, ask_usage: bool) -> bytes:
+    """The body the upstream gets, and `body` changed to match it: the client's bytes, with
+    `stream_options.include_usage` set when asked (spliced in front when the client sent no
+    `stream_options`) and the model renamed to the upstream's. A rename writes the body again
+    (orjson): finding the top-level `model` in the bytes safely costs more than that."""
+    payload: bytes | None = raw
+    if body["model"] != target_model:
+        body["model"] = target_model
+        payload = None
+    if ask_usage:
+        if payload is not None:
+            payload = prepend_member(raw, body, "stream_options", {"include_usage": True})
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return payload if payload is not None else encode_body(body)
 
 
 def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[str, str]:

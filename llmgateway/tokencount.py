@@ -12,12 +12,13 @@ tokens an empty text gives and takes them off counts of generated text.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .endpoints import MESSAGES, TEXTS, Endpoint
 
@@ -33,13 +34,18 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimate_bytes(data: bytes) -> int:
+    """`estimate` of JSON text as orjson writes it (UTF-8, so a character may take several bytes)."""
+    return math.ceil(len(data) / 4) if data else 0
+
+
 def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
     """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
     if endpoint.counting == MESSAGES:
         return estimate(message_text(body.get("messages")))
     if endpoint.counting == TEXTS:
         return sum(estimate(t) for t in prompt_texts(endpoint, body))
-    return estimate(json.dumps(body.get("input", body.get("messages", ""))))
+    return estimate_bytes(orjson.dumps(body.get("input", body.get("messages", ""))))
 
 
 def estimate_usage(endpoint: Endpoint, body: dict, completion_text: str) -> tuple[int, int, bool]:
