@@ -79,7 +79,7 @@ class Call:
     key: KeyRecord
     route: Route
     endpoint: Endpoint
-    body: dict
+    body: dict | None
     payload: bytes
     stream: bool
     strip_usage: bool
@@ -90,6 +90,16 @@ class Call:
     cut: int = 0
     upstream: UpstreamState | None = None
     ticket: Ticket | None = None
+
+    def forget_body(self) -> None:
+        """Let go of the parse once admission and the journal have read it: a stream can outlive
+        it by minutes, and the payload, which the transfer holds anyway, gives it back if the
+        usage must be counted (`parsed`). One copy of a large prompt per open call, not two."""
+        self.body = None
+
+    def parsed(self) -> dict:
+        """The body as the upstream got it, parsed again from the payload if it was let go."""
+        return self.body if self.body is not None else load_json(self.payload)
 
     def cancel(self, status: int = 0) -> None:
         """Stop the upstream transfer at its next progress check; `status` says why (499 or 503)."""
@@ -185,7 +195,7 @@ def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[
 async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None:
     """Reserve against the call's limits (a 429 if any is reached); nothing to do when none apply."""
     model = call.route.model
-    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.body)
+    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.parsed())
     if checks:
         call.ticket = await gw.admission.admit(call.request_id, checks, model.free)
 
@@ -282,6 +292,7 @@ class Relay:
     async def run(self) -> None:
         """Relay, failing over to the next upstream on a connect error before the first byte."""
         self.gw.begin(self.call, self)
+        self.call.forget_body()
         try:
             response = None
             for upstream in self.call.route.candidates():
@@ -437,6 +448,7 @@ class Relay:
         if meter is not None:
             text = meter.completion_text()
         call = self.call
+        body, call.payload = call.parsed(), b""
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
 
@@ -450,13 +462,13 @@ class Relay:
         target = Target(upstream.url, call.route.secret, call.route.model.target_model, quiet)
         try:
             prompt, completion, estimated = await self.gw.counter.count(
-                target, call.endpoint, call.body, text, call.route.model.usage_probe)
+                target, call.endpoint, body, text, call.route.model.usage_probe)
         except asyncio.CancelledError:
-            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
+            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, body, text)))
             raise
         except Exception:
             log.exception("token counting failed for %s; recording an estimate", call.request_id)
-            prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
+            prompt, completion, estimated = estimate_usage(call.endpoint, body, text)
         self._record(self._event(status, latency_ms, prompt, completion, estimated))
 
     def _record(self, event: UsageEvent) -> None:

@@ -27,6 +27,10 @@ PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
 VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
 RELEARN_AFTER = 600.0
 MAX_TEXTS = 64
+# Counts in progress at once, each holding its call's prompt while it waits for a quiet upstream
+# (up to a minute): past this many, a call's usage is estimated (and flagged) at once, so an
+# upstream that is never quiet under load cannot make the gateway hold every prompt it relayed.
+MAX_PENDING = 256
 
 
 def estimate(text: str) -> int:
@@ -42,7 +46,7 @@ def estimate_bytes(data: bytes) -> int:
 def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
     """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
     if endpoint.counting == MESSAGES:
-        return estimate(message_text(body.get("messages")))
+        return math.ceil(message_chars(body.get("messages")) / 4)
     if endpoint.counting == TEXTS:
         return sum(estimate(t) for t in prompt_texts(endpoint, body))
     return estimate_bytes(orjson.dumps(body.get("input", body.get("messages", ""))))
@@ -60,8 +64,8 @@ def _count(status: int, obj: Any) -> int | None:
     return None
 
 
-def message_text(messages: Any) -> str:
-    """The text of chat messages, content parts included."""
+def message_parts(messages: Any) -> list[str]:
+    """The texts of chat messages, content parts included."""
     parts: list[str] = []
     if isinstance(messages, list):
         for msg in messages:
@@ -72,7 +76,14 @@ def message_text(messages: Any) -> str:
                 parts.append(content)
             elif isinstance(content, list):
                 parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(parts)
+    return parts
+
+
+def message_chars(messages: Any) -> int:
+    """The length of the texts of chat messages joined by newlines, without joining them: the
+    journal estimates every call's prompt, and a large prompt is not copied for it."""
+    parts = message_parts(messages)
+    return sum(map(len, parts)) + max(len(parts) - 1, 0)
 
 
 def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:
@@ -110,14 +121,21 @@ class TokenCounter:
         self.post_json = post_json
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
+        self.pending = 0
 
     async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
                     probe: bool) -> tuple[int, int, bool]:
-        """(prompt_tokens, completion_tokens, estimated)."""
+        """(prompt_tokens, completion_tokens, estimated); estimated at once when `MAX_PENDING`
+        counts are already in progress."""
+        if self.pending >= MAX_PENDING:
+            return estimate_usage(endpoint, body, completion_text)
+        self.pending += 1
         try:
             return await self._count(target, endpoint, body, completion_text, probe)
         except Busy:
             return estimate_usage(endpoint, body, completion_text)
+        finally:
+            self.pending -= 1
 
     async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
                      probe: bool) -> tuple[int, int, bool]:
