@@ -448,7 +448,7 @@ class Relay:
         if meter is not None:
             text = meter.completion_text()
         call = self.call
-        body, call.payload = call.parsed(), b""
+        body, size, call.payload = call.parsed(), len(call.payload), b""
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
 
@@ -462,7 +462,7 @@ class Relay:
         target = Target(upstream.url, call.route.secret, call.route.model.target_model, quiet)
         try:
             prompt, completion, estimated = await self.gw.counter.count(
-                target, call.endpoint, body, text, call.route.model.usage_probe)
+                target, call.endpoint, body, text, call.route.model.usage_probe, size)
         except asyncio.CancelledError:
             self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, body, text)))
             raise

@@ -27,10 +27,11 @@ PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
 VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
 RELEARN_AFTER = 600.0
 MAX_TEXTS = 64
-# Counts in progress at once, each holding its call's prompt while it waits for a quiet upstream
-# (up to a minute): past this many, a call's usage is estimated (and flagged) at once, so an
-# upstream that is never quiet under load cannot make the gateway hold every prompt it relayed.
-MAX_PENDING = 256
+# Bytes of request body that counts in progress may hold at once, each its call's prompt while it
+# waits for a quiet upstream (up to a minute): past this, a call's usage is estimated (and
+# flagged) at once, so an upstream that is never quiet under load cannot make the gateway hold
+# every prompt it relayed. 1,000 counts of 216 KB prompts fit.
+MAX_PENDING_BYTES = 256 << 20
 
 
 def estimate(text: str) -> int:
@@ -121,21 +122,21 @@ class TokenCounter:
         self.post_json = post_json
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
-        self.pending = 0
+        self.pending_bytes = 0
 
     async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
-                    probe: bool) -> tuple[int, int, bool]:
-        """(prompt_tokens, completion_tokens, estimated); estimated at once when `MAX_PENDING`
-        counts are already in progress."""
-        if self.pending >= MAX_PENDING:
+                    probe: bool, size: int = 0) -> tuple[int, int, bool]:
+        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes; estimated at
+        once when the counts in progress hold `MAX_PENDING_BYTES` already."""
+        if self.pending_bytes and self.pending_bytes + size > MAX_PENDING_BYTES:
             return estimate_usage(endpoint, body, completion_text)
-        self.pending += 1
+        self.pending_bytes += size
         try:
             return await self._count(target, endpoint, body, completion_text, probe)
         except Busy:
             return estimate_usage(endpoint, body, completion_text)
         finally:
-            self.pending -= 1
+            self.pending_bytes -= size
 
     async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
                      probe: bool) -> tuple[int, int, bool]:
