@@ -56,4 +56,5 @@ def prepend_member(raw: bytes, body: dict, name: str, value: Any) -> bytes | Non
     if name in body or not body:
         return None
     start = _SPACES.match(raw).end() + 1
-    return raw[:start] + orjson.dumps(name) + b":" + orjson.dumps(value) + b"," + raw[start:]
+    member = orjson.dumps(name) + b":" + orjson.dumps(value) + b","
+    return b"".join((memoryview(raw)[:start], member, memoryview(raw)[start:]))
