@@ -4,7 +4,9 @@ Order of truth: the upstream's own usage; else its tokenizer — vLLM's `/tokeni
 (which applies the chat template to `messages`, so chat prompts count exactly) or
 llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
 apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
-prompt count exactly; else an estimate of four characters per token, stored as `estimated`.
+prompt count exactly (a server whose probe answers without usage is not probed again for
+`RELEARN_AFTER`: it would only be sent the whole prompt again); else an estimate of four
+characters per token, stored as `estimated`.
 
 llama-cpp-python's tokenizer adds a BOS token to whatever it counts; the counter learns how many
 tokens an empty text gives and takes them off counts of generated text.
@@ -122,6 +124,7 @@ class TokenCounter:
         self.post_json = post_json
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
+        self._probe_useless: dict[str, float] = {}
         self.pending_bytes = 0
 
     async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
@@ -210,7 +213,8 @@ class TokenCounter:
             counted = _count(*await self._post(target, "/tokenize", {"model": target.model, "messages": messages}))
             if counted is not None:
                 return counted
-        if not probe:
+        useless_since = self._probe_useless.get(target.base_url)
+        if not probe or useless_since is not None and time.monotonic() - useless_since < RELEARN_AFTER:
             return None
         probe_body = {"model": target.model, "messages": messages, "max_tokens": 1, "stream": False}
         for field in ("tools", "tool_choice", "response_format"):
@@ -220,4 +224,8 @@ class TokenCounter:
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if status == 200 and isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             return usage["prompt_tokens"]
+        if status == 200:
+            # It answered without a count (a server that reports no usage at all): sending it every
+            # prompt again would buy nothing; asked again after RELEARN_AFTER.
+            self._probe_useless[target.base_url] = time.monotonic()
         return None
