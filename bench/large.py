@@ -1,11 +1,12 @@
 """`python -m bench.large`: the gateway beside the bare relay on large prompts, in one run.
 
 Chat bodies of a few sizes (4, 64 and 256 KB by default, plus 216 KB, the size of the issue that
-asked for this), each relayed as a stream to an upstream that sends a usage chunk (as vLLM) and to
-one that sends none and has llama-cpp-python's tokenizer (so the gateway counts every call with a
-usage probe afterwards). For each: the added p50 at one connection, req/s at 10 and 50
-connections (wrk, gateway and relay alternating, `--rounds` of each), the CPU per request; then
-the RSS of each with 1,000 streams of the 216 KB prompt open at once.
+asked for this), each relayed as a stream to three upstreams: one that sends a usage chunk (as
+vLLM), one that sends none and has llama-cpp-python's tokenizer (so the gateway counts every call
+with a usage probe afterwards), and a bare one with neither (as nginx serving a canned stream).
+First the RSS of each with 1,000 streams of the 216 KB prompt open at once (fresh processes);
+then for each size and upstream: the added p50 at one connection, req/s at 10 and 50
+connections (wrk, gateway and relay alternating, `--rounds` of each), the CPU per request.
 
 Everything runs on 127.0.0.1: two mock upstreams (`bench.mock_upstream`, one per kind) pinned to
 core 1 with wrk and the stream driver; the gateway and `bench.minimal_relay` (one per mock) both
@@ -26,7 +27,11 @@ from typing import Any
 from . import load
 from .run import REPO, BenchError, Children, free_port, say, terminate_on_sigterm, wait_ready
 
-KINDS = {"usage": ("--usage-chunk", "on"), "no-usage": ("--usage-chunk", "off", "--tokenize", "llamacpp")}
+KINDS = {
+    "usage": ("--usage-chunk", "on"),
+    "no-usage": ("--usage-chunk", "off", "--tokenize", "llamacpp"),
+    "bare": ("--usage-chunk", "off", "--usage-body", "off", "--tokenize", "none"),
+}
 TOKENS = 16
 
 
@@ -50,6 +55,34 @@ def chat_body(model: str, size: int, text: str, stream: bool = True, mock: dict 
         content = content[:need - (len(json.dumps(content)) - 2 - need)]
     head["messages"][1]["content"] = content
     return json.dumps(head).encode()
+
+
+def json_costs(sizes: list[int], text: str) -> list[dict[str, Any]]:
+    """µs per call, in this process, of what the gateway does to a body of each size: parse it
+    (the standard library against orjson), write it again (the same), splice `stream_options` in."""
+    import timeit
+
+    import orjson
+
+    from llmgateway.jsonbody import prepend_member
+
+    rows = []
+    for size_kb in sizes:
+        raw = chat_body("m", size_kb * 1024, text)
+        body = orjson.loads(raw)
+        calls = {
+            "json.loads": lambda raw=raw: json.loads(raw),
+            "orjson.loads": lambda raw=raw: orjson.loads(raw),
+            "json.dumps": lambda body=body: json.dumps(body).encode(),
+            "orjson.dumps": lambda body=body: orjson.dumps(body),
+            "splice": lambda raw=raw, body=body: prepend_member(raw, body, "stream_options", {"include_usage": True}),
+        }
+        row: dict[str, Any] = {"size_kb": size_kb}
+        for name, call in calls.items():
+            number = max(20, 20_000 // size_kb)
+            row[name] = round(min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6, 1)
+        rows.append(row)
+    return rows
 
 
 def start_gateway(children: Children, workdir: Path, mocks: dict[str, int], cpu: int | None) -> tuple[Any, int, str]:
@@ -112,6 +145,21 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             relays[kind] = (proc.pid, wait_ready(children, f"relay-{kind}", proc)[1])
         gw_proc, gw_port, key = start_gateway(children, workdir, mocks, gw_cpu)
         text = filler()
+        say("JSON costs in this process")
+        costs = json_costs(args.sizes, text)
+        streams = {}
+        if args.streams:
+            body = chat_body("no-usage", 216 * 1024, text, mock={"interval_ms": 500, "tokens": 10})
+            relay_pid, relay_port = relays["no-usage"]
+            for name, pid, target in (("gateway", gw_proc.pid, load.Target("127.0.0.1", gw_port, key=key)),
+                                      ("relay", relay_pid, load.Target("127.0.0.1", relay_port))):
+                say(f"{args.streams} streams of 216 KB through the {name}")
+                found = asyncio.run(load.run_streams(target, body, args.streams, 5.0, 60.0, pid))
+                rss, peak_open = found["rss_kb"], max(found["peak_open"], 1)
+                streams[name] = {"completed": found["completed"], "errors": found["errors"],
+                                 "peak_open": found["peak_open"], "rss_before_mib": round(rss["start_kb"] / 1024, 1),
+                                 "rss_peak_mib": round(rss["peak_kb"] / 1024, 1),
+                                 "per_stream_kib": round((rss["peak_kb"] - rss["start_kb"]) / peak_open, 1)}
         rows = []
         for size_kb in args.sizes:
             for kind in KINDS:
@@ -131,20 +179,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             runs[name].append(wrk(target, pid, body, conns, args.duration, client_cpu))
                     row[f"c{conns}"] = runs
                 rows.append(row)
-        streams = {}
-        if args.streams:
-            body = chat_body("no-usage", 216 * 1024, text, mock={"interval_ms": 500, "tokens": 10})
-            relay_pid, relay_port = relays["no-usage"]
-            for name, pid, target in (("gateway", gw_proc.pid, load.Target("127.0.0.1", gw_port, key=key)),
-                                      ("relay", relay_pid, load.Target("127.0.0.1", relay_port))):
-                say(f"{args.streams} streams of 216 KB through the {name}")
-                found = asyncio.run(load.run_streams(target, body, args.streams, 5.0, 60.0, pid))
-                rss, peak_open = found["rss_kb"], max(found["peak_open"], 1)
-                streams[name] = {"completed": found["completed"], "errors": found["errors"],
-                                 "peak_open": found["peak_open"], "rss_before_mib": round(rss["start_kb"] / 1024, 1),
-                                 "rss_peak_mib": round(rss["peak_kb"] / 1024, 1),
-                                 "per_stream_kib": round((rss["peak_kb"] - rss["start_kb"]) / peak_open, 1)}
-        return {"rows": rows, "streams": streams, "pinned": pinned, "duration_s": args.duration,
+        return {"json_us": costs, "rows": rows, "streams": streams, "pinned": pinned, "duration_s": args.duration,
                 "rounds": args.rounds, "python": sys.version.split()[0]}
     finally:
         children.stop_all()
@@ -172,6 +207,11 @@ def markdown(result: dict[str, Any]) -> str:
         r = median([r["cpu_us_per_request"] or 0 for r in row["c50"]["relay"]])
         cells.append(f"{g:,.0f} / {r:,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| Body | json.loads | orjson.loads | json.dumps | orjson.dumps | splice (µs) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for c in result["json_us"]:
+        lines.append(f"| {c['size_kb']} KB | {c['json.loads']} | {c['orjson.loads']} | {c['json.dumps']} "
+                     f"| {c['orjson.dumps']} | {c['splice']} |")
     for name, s in result["streams"].items():
         lines.append(f"\n{name}: {s['completed']} of {s['peak_open']} streams open at once completed "
                      f"({s['errors']} errors); RSS {s['rss_before_mib']} MiB before, {s['rss_peak_mib']} MiB at "

@@ -448,7 +448,15 @@ class Relay:
         if meter is not None:
             text = meter.completion_text()
         call = self.call
-        body, size, call.payload = call.parsed(), len(call.payload), b""
+        size, parsed = len(call.payload), []
+
+        def body() -> dict:
+            """The call's body, parsed from its payload (held until now) the first time it is needed."""
+            if not parsed:
+                parsed.append(call.parsed())
+                call.payload = b""
+            return parsed[0]
+
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
 
@@ -464,11 +472,11 @@ class Relay:
             prompt, completion, estimated = await self.gw.counter.count(
                 target, call.endpoint, body, text, call.route.model.usage_probe, size)
         except asyncio.CancelledError:
-            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, body, text)))
+            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, body(), text)))
             raise
         except Exception:
             log.exception("token counting failed for %s; recording an estimate", call.request_id)
-            prompt, completion, estimated = estimate_usage(call.endpoint, body, text)
+            prompt, completion, estimated = estimate_usage(call.endpoint, body(), text)
         self._record(self._event(status, latency_ms, prompt, completion, estimated))
 
     def _record(self, event: UsageEvent) -> None:

@@ -14,6 +14,7 @@ tokens an empty text gives and takes them off counts of generated text.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -30,10 +31,13 @@ VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
 RELEARN_AFTER = 600.0
 MAX_TEXTS = 64
 # Bytes of request body that counts in progress may hold at once, each its call's prompt while it
-# waits for a quiet upstream (up to a minute): past this, a call's usage is estimated (and
-# flagged) at once, so an upstream that is never quiet under load cannot make the gateway hold
-# every prompt it relayed. 1,000 counts of 216 KB prompts fit.
+# waits its turn and for a quiet upstream: past this, a call's usage is estimated (and flagged) at
+# once, so an upstream that is never quiet under load cannot make the gateway hold every prompt
+# it relayed. 1,000 counts of 216 KB prompts fit.
 MAX_PENDING_BYTES = 256 << 20
+# One count at a time per upstream: a single-slot server would stop one of our calls for the
+# next, and a waiting count holds only its call's payload, parsed when its turn comes.
+TURN_WAIT_SECONDS = 60.0
 
 
 def estimate(text: str) -> int:
@@ -125,20 +129,31 @@ class TokenCounter:
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
         self._probe_useless: dict[str, float] = {}
+        self._turns: dict[str, asyncio.Semaphore] = {}
         self.pending_bytes = 0
 
-    async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
+    async def count(self, target: Target, endpoint: Endpoint, body: Callable[[], dict], completion_text: str,
                     probe: bool, size: int = 0) -> tuple[int, int, bool]:
-        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes; estimated at
-        once when the counts in progress hold `MAX_PENDING_BYTES` already."""
+        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes, which `body`
+        parses when this count's turn comes; estimated at once when the counts in progress hold
+        `MAX_PENDING_BYTES` already, and when the turn does not come in `TURN_WAIT_SECONDS`."""
         if self.pending_bytes and self.pending_bytes + size > MAX_PENDING_BYTES:
-            return estimate_usage(endpoint, body, completion_text)
+            return estimate_usage(endpoint, body(), completion_text)
         self.pending_bytes += size
+        turn = self._turns.setdefault(target.base_url, asyncio.Semaphore(1))
         try:
-            return await self._count(target, endpoint, body, completion_text, probe)
-        except Busy:
-            return estimate_usage(endpoint, body, completion_text)
+            await asyncio.wait_for(turn.acquire(), TURN_WAIT_SECONDS)
+        except TimeoutError:
+            self.pending_bytes -= size
+            return estimate_usage(endpoint, body(), completion_text)
+        try:
+            parsed = body()
+            try:
+                return await self._count(target, endpoint, parsed, completion_text, probe)
+            except Busy:
+                return estimate_usage(endpoint, parsed, completion_text)
         finally:
+            turn.release()
             self.pending_bytes -= size
 
     async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
