@@ -30,7 +30,7 @@ from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .redact import redact_url
 from .routing import Route, UpstreamState, mark_down
-from .tokencount import Target, estimate_usage
+from .tokencount import Prompt, Target, estimate_prompt, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
 
 log = logging.getLogger("llmgateway.proxy")
@@ -88,6 +88,7 @@ class Call:
     ts: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     cut: int = 0
+    prompt_estimate: int = 0
     upstream: UpstreamState | None = None
     ticket: Ticket | None = None
 
@@ -160,6 +161,7 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_
     strip_usage = stream and endpoint.usage_in_stream and options.get("include_usage") is not True
     payload = upstream_payload(raw, body, route.model.target_model, strip_usage)
     call = Call(key, route, endpoint, body, payload, stream, strip_usage, {})
+    call.prompt_estimate = estimate_prompt(endpoint, body)
     call.headers = upstream_headers(client_headers, route.secret, call.request_id)
     return call
 
@@ -457,6 +459,7 @@ class Relay:
                 call.payload = b""
             return parsed[0]
 
+        prompt = Prompt(call.prompt_estimate, body)
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
 
@@ -469,15 +472,16 @@ class Relay:
 
         target = Target(upstream.url, call.route.secret, call.route.model.target_model, quiet)
         try:
-            prompt, completion, estimated = await self.gw.counter.count(
-                target, call.endpoint, body, text, call.route.model.usage_probe, size)
+            prompt_tokens, completion, estimated = await self.gw.counter.count(
+                target, call.endpoint, prompt, text, call.route.model.usage_probe, size)
         except asyncio.CancelledError:
-            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, body(), text)))
+            self._record(self._event(status, latency_ms, *estimate_usage(prompt, text)))
             raise
         except Exception:
             log.exception("token counting failed for %s; recording an estimate", call.request_id)
-            prompt, completion, estimated = estimate_usage(call.endpoint, body(), text)
-        self._record(self._event(status, latency_ms, prompt, completion, estimated))
+            prompt_tokens, completion, estimated = estimate_usage(prompt, text)
+        call.payload = b""
+        self._record(self._event(status, latency_ms, prompt_tokens, completion, estimated))
 
     def _record(self, event: UsageEvent) -> None:
         """Into the ledger, and the call's reservation settled to what it really used."""

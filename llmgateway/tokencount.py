@@ -59,9 +59,18 @@ def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
     return estimate_bytes(orjson.dumps(body.get("input", body.get("messages", ""))))
 
 
-def estimate_usage(endpoint: Endpoint, body: dict, completion_text: str) -> tuple[int, int, bool]:
+@dataclass(frozen=True)
+class Prompt:
+    """A call's prompt as counting needs it: its estimate, taken at the first parse, and the body,
+    parsed again (`load`) only when a tokenizer is to be sent it."""
+
+    estimate: int
+    load: Callable[[], dict]
+
+
+def estimate_usage(prompt: Prompt, completion_text: str) -> tuple[int, int, bool]:
     """(prompt, completion, True): the estimate used when no tokenizer could be asked."""
-    return estimate_prompt(endpoint, body), estimate(completion_text), True
+    return prompt.estimate, estimate(completion_text), True
 
 
 def _count(status: int, obj: Any) -> int | None:
@@ -132,47 +141,43 @@ class TokenCounter:
         self._turns: dict[str, asyncio.Semaphore] = {}
         self.pending_bytes = 0
 
-    async def count(self, target: Target, endpoint: Endpoint, body: Callable[[], dict], completion_text: str,
+    async def count(self, target: Target, endpoint: Endpoint, prompt: Prompt, completion_text: str,
                     probe: bool, size: int = 0) -> tuple[int, int, bool]:
-        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes, which `body`
-        parses when this count's turn comes; estimated at once when the counts in progress hold
-        `MAX_PENDING_BYTES` already, and when the turn does not come in `TURN_WAIT_SECONDS`."""
+        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes; estimated at
+        once when the counts in progress hold `MAX_PENDING_BYTES` already, and when the turn does
+        not come in `TURN_WAIT_SECONDS`."""
         if self.pending_bytes and self.pending_bytes + size > MAX_PENDING_BYTES:
-            return estimate_usage(endpoint, body(), completion_text)
+            return estimate_usage(prompt, completion_text)
         self.pending_bytes += size
         turn = self._turns.setdefault(target.base_url, asyncio.Semaphore(1))
         try:
             await asyncio.wait_for(turn.acquire(), TURN_WAIT_SECONDS)
         except TimeoutError:
             self.pending_bytes -= size
-            return estimate_usage(endpoint, body(), completion_text)
+            return estimate_usage(prompt, completion_text)
         try:
-            parsed = body()
-            try:
-                return await self._count(target, endpoint, parsed, completion_text, probe)
-            except Busy:
-                return estimate_usage(endpoint, parsed, completion_text)
+            return await self._count(target, endpoint, prompt, completion_text, probe)
+        except Busy:
+            return estimate_usage(prompt, completion_text)
         finally:
             turn.release()
             self.pending_bytes -= size
 
-    async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
+    async def _count(self, target: Target, endpoint: Endpoint, prompt: Prompt, completion_text: str,
                      probe: bool) -> tuple[int, int, bool]:
-        prompt: int | None = None
+        counted_prompt: int | None = None
         if endpoint.counting == MESSAGES:
-            prompt = await self._chat_prompt(target, body, probe)
+            counted_prompt = await self._chat_prompt(target, prompt, probe)
         elif endpoint.counting == TEXTS:
-            prompt = await self._count_texts(target, prompt_texts(endpoint, body), special=True)
-        estimated = prompt is None
-        if prompt is None:
-            prompt = estimate_prompt(endpoint, body)
+            counted_prompt = await self._count_texts(target, prompt_texts(endpoint, prompt.load()), special=True)
+        estimated = counted_prompt is None
         completion = 0
         if completion_text:
             counted = await self._count_texts(target, [completion_text], special=False)
             if counted is None:
                 counted, estimated = estimate(completion_text), True
             completion = counted
-        return prompt, completion, estimated
+        return prompt.estimate if counted_prompt is None else counted_prompt, completion, estimated
 
     async def _post(self, target: Target, path: str, obj: Any) -> tuple[int, Any]:
         if target.quiet is not None and not await target.quiet():
@@ -220,16 +225,23 @@ class TokenCounter:
             total += counted
         return total
 
-    async def _chat_prompt(self, target: Target, body: dict, probe: bool) -> int | None:
+    async def _chat_prompt(self, target: Target, prompt: Prompt, probe: bool) -> int | None:
+        """The chat prompt's count; the body is parsed again only if a tokenizer or a probe will
+        be sent it (not for a server that has neither)."""
+        style = await self._style(target)
+        useless_since = self._probe_useless.get(target.base_url)
+        probe = probe and (useless_since is None or time.monotonic() - useless_since >= RELEARN_AFTER)
+        if style != VLLM and not probe:
+            return None
+        body = prompt.load()
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        if await self._style(target) == VLLM:
+        if style == VLLM:
             counted = _count(*await self._post(target, "/tokenize", {"model": target.model, "messages": messages}))
             if counted is not None:
                 return counted
-        useless_since = self._probe_useless.get(target.base_url)
-        if not probe or useless_since is not None and time.monotonic() - useless_since < RELEARN_AFTER:
+        if not probe:
             return None
         probe_body = {"model": target.model, "messages": messages, "max_tokens": 1, "stream": False}
         for field in ("tools", "tool_choice", "response_format"):
