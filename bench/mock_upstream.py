@@ -3,7 +3,9 @@
 Run from the repo root: ``python -m bench.mock_upstream --listen 127.0.0.1:0 [options]``. When it
 serves it prints one line ``READY <port>`` (the real port) on stdout; SIGTERM or SIGINT stops it.
 It is fast on purpose (Tornado's HTTP server without the ``tornado.web`` layer, no access log,
-fixed bodies built once) so that it is never the bottleneck of a gateway benchmark.
+fixed bodies built once, bodies parsed with orjson, the last token counts remembered) so that it
+is never the bottleneck of a gateway benchmark, and it sets ``TCP_NODELAY`` on every request, as
+uvicorn (under vLLM and llama-cpp-python) does.
 
 Every process-wide option (``--latency-ms``, ``--tokens``, ``--interval-ms``, ``--usage-chunk``,
 ``--usage-body``, ``--tokenize``, ``--mode``, ``--die-after``, ``--status``, ``--api-key``,
