@@ -1,18 +1,29 @@
 """JSON request bodies, read and written the same way on every door.
 
-Invalid JSON and JSON nested too deeply both get a 400: the standard library's parser recurses
-once per level and raises `RecursionError` (not `ValueError`) past the interpreter's limit,
-which would otherwise surface as a 500 with a traceback in the log.
+Parsed and written with orjson (a fraction of the standard library's cost on large prompts).
+Invalid JSON and JSON nested too deeply both get a 400; orjson stops at 1024 levels with a
+`JSONDecodeError` of its own, which is told apart so the client hears which one it was. orjson
+is stricter than the standard library where JSON is: no NaN or Infinity, no lone surrogates, no
+UTF-16 or UTF-32 bodies. A UTF-8 byte order mark, which RFC 8259 lets a parser ignore, is.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+import orjson
 
 from .errors import bad_request
 
 TOO_DEEP = "The JSON body is nested too deeply."
+BOM = b"\xef\xbb\xbf"
+_SPACES = re.compile(rb"[ \t\r\n]*")
+
+
+def strip_bom(raw: bytes) -> bytes:
+    """`raw` without a leading UTF-8 byte order mark (a copy only when there is one)."""
+    return raw[len(BOM):] if raw.startswith(BOM) else raw
 
 
 def load_json(raw: bytes, empty: Any = None) -> Any:
@@ -20,16 +31,30 @@ def load_json(raw: bytes, empty: Any = None) -> Any:
     if not raw:
         return empty
     try:
-        return json.loads(raw)
-    except RecursionError:
-        raise bad_request(TOO_DEEP) from None
-    except (ValueError, UnicodeDecodeError):
+        return orjson.loads(strip_bom(raw))
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("array and object recursion depth exceeded"):
+            raise bad_request(TOO_DEEP) from None
         raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.") from None
 
 
 def encode_body(obj: Any) -> bytes:
-    """`obj` as compact JSON bytes, or a 400 if it is nested too deeply to write again."""
+    """`obj` as compact JSON bytes, or a 400 if it cannot be written again (nested more deeply
+    than orjson writes, or an integer beyond 64 bits, which only arrives as a float anyway)."""
     try:
-        return json.dumps(obj).encode()
-    except RecursionError:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
         raise bad_request(TOO_DEEP) from None
+
+
+def prepend_member(raw: bytes, body: dict, name: str, value: Any) -> bytes | None:
+    """`raw` (whose parse is `body`, a non-empty object) with `"name": value` as its first member:
+    the cost of a copy, where writing `body` again costs as much as the prompt is long (4 µs
+    against 50 µs for 216 KB of code). None if `body` has the member already: the parse shows it
+    under every spelling, so without it the bytes hold no such member for the new one to
+    duplicate, and every parser reads the same body."""
+    if name in body or not body:
+        return None
+    start = _SPACES.match(raw).end() + 1
+    member = orjson.dumps(name) + b":" + orjson.dumps(value) + b","
+    return b"".join((memoryview(raw)[:start], member, memoryview(raw)[start:]))

@@ -1,7 +1,8 @@
 """The request path after authentication: validate, authorize, route, relay, settle.
 
-The body is parsed once; the gateway re-serialises it only when it must change it (the upstream
-model name, or asking a stream for its usage chunk). Streams are relayed chunk by chunk through a
+The body is parsed once; the gateway changes its bytes only when it must (the upstream model
+name, or asking a stream for its usage chunk): a splice for the one, the parsed body written
+again with orjson for the other (`upstream_payload`). Streams are relayed chunk by chunk through a
 `Sink` (the handler) while `StreamMeter` reads usage from them.
 """
 
@@ -23,13 +24,13 @@ from tornado.httpclient import HTTPResponse
 from .endpoints import KNOWN, Endpoint
 from .errors import GatewayError, bad_request, sse_error_event, upstream_failure
 from .gateway import Gateway
-from .jsonbody import encode_body, load_json
+from .jsonbody import encode_body, load_json, prepend_member, strip_bom
 from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .redact import redact_url
 from .routing import Route, UpstreamState
-from .tokencount import Target, estimate_usage
+from .tokencount import Prompt, Target, estimate_prompt, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
 
 log = logging.getLogger("llmgateway.proxy")
@@ -79,7 +80,7 @@ class Call:
     key: KeyRecord
     route: Route
     endpoint: Endpoint
-    body: dict
+    body: dict | None
     payload: bytes
     stream: bool
     strip_usage: bool
@@ -88,8 +89,19 @@ class Call:
     ts: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     cut: int = 0
+    prompt_estimate: int = 0
     upstream: UpstreamState | None = None
     ticket: Ticket | None = None
+
+    def forget_body(self) -> None:
+        """Let go of the parse once admission and the journal have read it: a stream can outlive
+        it by minutes, and the payload, which the transfer holds anyway, gives it back if the
+        usage must be counted (`parsed`). One copy of a large prompt per open call, not two."""
+        self.body = None
+
+    def parsed(self) -> dict:
+        """The body as the upstream got it, parsed again from the payload if it was let go."""
+        return self.body if self.body is not None else load_json(self.payload)
 
     def cancel(self, status: int = 0) -> None:
         """Stop the upstream transfer at its next progress check; `status` says why (499 or 503)."""
@@ -142,23 +154,33 @@ def authorize_model(gw: Gateway, key: KeyRecord, model: str) -> Route:
 
 def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_headers: Any) -> Call:
     """Parse, validate, authorize and route one request to a registry endpoint."""
+    raw = strip_bom(raw)
     body = parse_body(raw)
     model, stream = validate(endpoint, body)
     route = authorize_model(gw, key, model)
-    changed = False
-    if route.model.target_model != model:
-        body["model"] = route.model.target_model
-        changed = True
-    strip_usage = False
-    if stream and endpoint.usage_in_stream:
-        options = body.get("stream_options") or {}
-        if options.get("include_usage") is not True:
-            body["stream_options"] = {**options, "include_usage": True}
-            strip_usage = changed = True
-    payload = encode_body(body) if changed else raw
+    options = body.get("stream_options") or {}
+    strip_usage = stream and endpoint.usage_in_stream and options.get("include_usage") is not True
+    payload = upstream_payload(raw, body, route.model.target_model, strip_usage)
     call = Call(key, route, endpoint, body, payload, stream, strip_usage, {})
+    call.prompt_estimate = estimate_prompt(endpoint, body)
     call.headers = upstream_headers(client_headers, route.secret, call.request_id)
     return call
+
+
+def upstream_payload(raw: bytes, body: dict, target_model: str, ask_usage: bool) -> bytes:
+    """The body the upstream gets, and `body` changed to match it: the client's bytes, with
+    `stream_options.include_usage` set when asked (spliced in front when the client sent no
+    `stream_options`) and the model renamed to the upstream's. A rename writes the body again
+    (orjson): finding the top-level `model` in the bytes safely costs more than that."""
+    payload: bytes | None = raw
+    if body["model"] != target_model:
+        body["model"] = target_model
+        payload = None
+    if ask_usage:
+        if payload is not None:
+            payload = prepend_member(raw, body, "stream_options", {"include_usage": True})
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return payload if payload is not None else encode_body(body)
 
 
 def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[str, str]:
@@ -176,7 +198,7 @@ def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[
 async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None:
     """Reserve against the call's limits (a 429 if any is reached); nothing to do when none apply."""
     model = call.route.model
-    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.body)
+    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.parsed())
     if checks:
         call.ticket = await gw.admission.admit(call.request_id, checks, model.free)
 
@@ -285,6 +307,7 @@ class Relay:
     async def run(self) -> None:
         """Relay through the model's pool (`_through_pool`), then finish the answer and settle."""
         self.gw.begin(self.call, self)
+        self.call.forget_body()
         try:
             response = await self._through_pool()
             if self.call.stream:
@@ -491,6 +514,16 @@ class Relay:
         if meter is not None:
             text = meter.completion_text()
         call = self.call
+        size, parsed = len(call.payload), []
+
+        def body() -> dict:
+            """The call's body, parsed from its payload (held until now) the first time it is needed."""
+            if not parsed:
+                parsed.append(call.parsed())
+                call.payload = b""
+            return parsed[0]
+
+        prompt = Prompt(call.prompt_estimate, body)
         upstream = call.upstream or call.route.pool[0]
         self.gw.release_slots(call.ticket)
 
@@ -503,15 +536,16 @@ class Relay:
 
         target = Target(upstream.url, call.route.secret, call.route.model.target_model, quiet)
         try:
-            prompt, completion, estimated = await self.gw.counter.count(
-                target, call.endpoint, call.body, text, call.route.model.usage_probe)
+            prompt_tokens, completion, estimated = await self.gw.counter.count(
+                target, call.endpoint, prompt, text, call.route.model.usage_probe, size)
         except asyncio.CancelledError:
-            self._record(self._event(status, latency_ms, *estimate_usage(call.endpoint, call.body, text)))
+            self._record(self._event(status, latency_ms, *estimate_usage(prompt, text)))
             raise
         except Exception:
             log.exception("token counting failed for %s; recording an estimate", call.request_id)
-            prompt, completion, estimated = estimate_usage(call.endpoint, call.body, text)
-        self._record(self._event(status, latency_ms, prompt, completion, estimated))
+            prompt_tokens, completion, estimated = estimate_usage(prompt, text)
+        call.payload = b""
+        self._record(self._event(status, latency_ms, prompt_tokens, completion, estimated))
 
     def _record(self, event: UsageEvent) -> None:
         """Into the ledger, and the call's reservation settled to what it really used."""

@@ -4,7 +4,9 @@ Order of truth: the upstream's own usage; else its tokenizer — vLLM's `/tokeni
 (which applies the chat template to `messages`, so chat prompts count exactly) or
 llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
 apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
-prompt count exactly; else an estimate of four characters per token, stored as `estimated`.
+prompt count exactly (a server whose probe answers without usage is not probed again for
+`RELEARN_AFTER`: it would only be sent the whole prompt again); else an estimate of four
+characters per token, stored as `estimated`.
 
 llama-cpp-python's tokenizer adds a BOS token to whatever it counts; the counter learns how many
 tokens an empty text gives and takes them off counts of generated text.
@@ -12,12 +14,14 @@ tokens an empty text gives and takes them off counts of generated text.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .endpoints import MESSAGES, TEXTS, Endpoint
 
@@ -26,6 +30,14 @@ PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
 VLLM, LLAMACPP, NONE = "vllm", "llamacpp", "none"
 RELEARN_AFTER = 600.0
 MAX_TEXTS = 64
+# Bytes of request body that counts in progress may hold at once, each its call's prompt while it
+# waits its turn and for a quiet upstream: past this, a call's usage is estimated (and flagged) at
+# once, so an upstream that is never quiet under load cannot make the gateway hold every prompt
+# it relayed. 1,000 counts of 216 KB prompts fit.
+MAX_PENDING_BYTES = 256 << 20
+# One count at a time per upstream: a single-slot server would stop one of our calls for the
+# next, and a waiting count holds only its call's payload, parsed when its turn comes.
+TURN_WAIT_SECONDS = 60.0
 
 
 def estimate(text: str) -> int:
@@ -33,18 +45,32 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimate_bytes(data: bytes) -> int:
+    """`estimate` of JSON text as orjson writes it (UTF-8, so a character may take several bytes)."""
+    return math.ceil(len(data) / 4) if data else 0
+
+
 def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
     """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
     if endpoint.counting == MESSAGES:
-        return estimate(message_text(body.get("messages")))
+        return math.ceil(message_chars(body.get("messages")) / 4)
     if endpoint.counting == TEXTS:
         return sum(estimate(t) for t in prompt_texts(endpoint, body))
-    return estimate(json.dumps(body.get("input", body.get("messages", ""))))
+    return estimate_bytes(orjson.dumps(body.get("input", body.get("messages", ""))))
 
 
-def estimate_usage(endpoint: Endpoint, body: dict, completion_text: str) -> tuple[int, int, bool]:
+@dataclass(frozen=True)
+class Prompt:
+    """A call's prompt as counting needs it: its estimate, taken at the first parse, and the body,
+    parsed again (`load`) only when a tokenizer is to be sent it."""
+
+    estimate: int
+    load: Callable[[], dict]
+
+
+def estimate_usage(prompt: Prompt, completion_text: str) -> tuple[int, int, bool]:
     """(prompt, completion, True): the estimate used when no tokenizer could be asked."""
-    return estimate_prompt(endpoint, body), estimate(completion_text), True
+    return prompt.estimate, estimate(completion_text), True
 
 
 def _count(status: int, obj: Any) -> int | None:
@@ -54,8 +80,8 @@ def _count(status: int, obj: Any) -> int | None:
     return None
 
 
-def message_text(messages: Any) -> str:
-    """The text of chat messages, content parts included."""
+def message_parts(messages: Any) -> list[str]:
+    """The texts of chat messages, content parts included."""
     parts: list[str] = []
     if isinstance(messages, list):
         for msg in messages:
@@ -66,7 +92,14 @@ def message_text(messages: Any) -> str:
                 parts.append(content)
             elif isinstance(content, list):
                 parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(parts)
+    return parts
+
+
+def message_chars(messages: Any) -> int:
+    """The length of the texts of chat messages joined by newlines, without joining them: the
+    journal estimates every call's prompt, and a large prompt is not copied for it."""
+    parts = message_parts(messages)
+    return sum(map(len, parts)) + max(len(parts) - 1, 0)
 
 
 def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:
@@ -104,32 +137,47 @@ class TokenCounter:
         self.post_json = post_json
         self._styles: dict[str, tuple[str, float]] = {}
         self._bos: dict[str, int] = {}
+        self._probe_useless: dict[str, float] = {}
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self.pending_bytes = 0
 
-    async def count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
-                    probe: bool) -> tuple[int, int, bool]:
-        """(prompt_tokens, completion_tokens, estimated)."""
+    async def count(self, target: Target, endpoint: Endpoint, prompt: Prompt, completion_text: str,
+                    probe: bool, size: int = 0) -> tuple[int, int, bool]:
+        """(prompt_tokens, completion_tokens, estimated) for a body of `size` bytes; estimated at
+        once when the counts in progress hold `MAX_PENDING_BYTES` already, and when the turn does
+        not come in `TURN_WAIT_SECONDS`."""
+        if self.pending_bytes and self.pending_bytes + size > MAX_PENDING_BYTES:
+            return estimate_usage(prompt, completion_text)
+        self.pending_bytes += size
+        turn = self._turns.setdefault(target.base_url, asyncio.Semaphore(1))
         try:
-            return await self._count(target, endpoint, body, completion_text, probe)
+            await asyncio.wait_for(turn.acquire(), TURN_WAIT_SECONDS)
+        except TimeoutError:
+            self.pending_bytes -= size
+            return estimate_usage(prompt, completion_text)
+        try:
+            return await self._count(target, endpoint, prompt, completion_text, probe)
         except Busy:
-            return estimate_usage(endpoint, body, completion_text)
+            return estimate_usage(prompt, completion_text)
+        finally:
+            turn.release()
+            self.pending_bytes -= size
 
-    async def _count(self, target: Target, endpoint: Endpoint, body: dict, completion_text: str,
+    async def _count(self, target: Target, endpoint: Endpoint, prompt: Prompt, completion_text: str,
                      probe: bool) -> tuple[int, int, bool]:
-        prompt: int | None = None
+        counted_prompt: int | None = None
         if endpoint.counting == MESSAGES:
-            prompt = await self._chat_prompt(target, body, probe)
+            counted_prompt = await self._chat_prompt(target, prompt, probe)
         elif endpoint.counting == TEXTS:
-            prompt = await self._count_texts(target, prompt_texts(endpoint, body), special=True)
-        estimated = prompt is None
-        if prompt is None:
-            prompt = estimate_prompt(endpoint, body)
+            counted_prompt = await self._count_texts(target, prompt_texts(endpoint, prompt.load()), special=True)
+        estimated = counted_prompt is None
         completion = 0
         if completion_text:
             counted = await self._count_texts(target, [completion_text], special=False)
             if counted is None:
                 counted, estimated = estimate(completion_text), True
             completion = counted
-        return prompt, completion, estimated
+        return prompt.estimate if counted_prompt is None else counted_prompt, completion, estimated
 
     async def _post(self, target: Target, path: str, obj: Any) -> tuple[int, Any]:
         if target.quiet is not None and not await target.quiet():
@@ -177,11 +225,19 @@ class TokenCounter:
             total += counted
         return total
 
-    async def _chat_prompt(self, target: Target, body: dict, probe: bool) -> int | None:
+    async def _chat_prompt(self, target: Target, prompt: Prompt, probe: bool) -> int | None:
+        """The chat prompt's count; the body is parsed again only if a tokenizer or a probe will
+        be sent it (not for a server that has neither)."""
+        style = await self._style(target)
+        useless_since = self._probe_useless.get(target.base_url)
+        probe = probe and (useless_since is None or time.monotonic() - useless_since >= RELEARN_AFTER)
+        if style != VLLM and not probe:
+            return None
+        body = prompt.load()
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        if await self._style(target) == VLLM:
+        if style == VLLM:
             counted = _count(*await self._post(target, "/tokenize", {"model": target.model, "messages": messages}))
             if counted is not None:
                 return counted
@@ -195,4 +251,8 @@ class TokenCounter:
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if status == 200 and isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             return usage["prompt_tokens"]
+        if status == 200:
+            # It answered without a count (a server that reports no usage at all): sending it every
+            # prompt again would buy nothing; asked again after RELEARN_AFTER.
+            self._probe_useless[target.base_url] = time.monotonic()
         return None
