@@ -110,19 +110,24 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+def access_level(status: int) -> int | None:
+    """The level of a request's access line: errors stand out; None when INFO lines are off."""
+    if status >= 500:
+        return logging.ERROR
+    if status >= 400:
+        return logging.WARNING
+    return logging.INFO if access_log.isEnabledFor(logging.INFO) else None
+
+
 def log_request(handler: Any) -> None:
     """Tornado `log_function`: one line per request, secrets left out."""
     status = handler.get_status()
-    if status >= 500:
-        emit = access_log.error
-    elif status >= 400:
-        emit = access_log.warning
-    elif access_log.isEnabledFor(logging.INFO):
-        emit = access_log.info
-    else:
+    level = access_level(status)
+    if level is None:
         return
     request = handler.request
-    emit(
+    access_log.log(
+        level,
         "%d %s %s %.1fms %s",
         status,
         request.method,
@@ -136,13 +141,8 @@ def log_request_json(handler: Any) -> None:
     """`log_request` for `server.log_format = "json"`: the parts as fields, with who called (the
     key's id and owner, never the key) and which model, when the door knows them."""
     status = handler.get_status()
-    if status >= 500:
-        level = logging.ERROR
-    elif status >= 400:
-        level = logging.WARNING
-    elif access_log.isEnabledFor(logging.INFO):
-        level = logging.INFO
-    else:
+    level = access_level(status)
+    if level is None:
         return
     request = handler.request
     duration = 1000.0 * request.request_time()
