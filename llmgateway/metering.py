@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 COMPACT_AT = 1 << 20
 USAGE_MARK = b'"usage"'
 NULL_USAGE_MARKS = (b'"usage":null', b'"usage": null')
 DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
+LINE_DONE_MARKS = tuple(b"\n" + m for m in DONE_MARKS)
 
 
 def normalise_usage(usage: Any) -> tuple[int, int] | None:
@@ -73,13 +76,25 @@ def _message_text(msg: dict, parts: list[str]) -> None:
 
 
 def _event_json(event: bytes) -> Any:
-    """The JSON of an SSE event's data lines, or None (comments, [DONE], non-JSON)."""
-    data = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
-    if not data:
-        return None
-    payload = b"\n".join(data)
+    """The JSON of an SSE event's data lines, or None (comments, [DONE], non-JSON).
+
+    Read with orjson, a fifth of the standard library's cost per chunk; what orjson refuses
+    (NaN, lone surrogates, UTF-16) is read by the standard library, as before. orjson reads an
+    integer past 64 bits as a float, so a usage object with one is not taken (no count is that
+    large) and the stream is counted as one without usage."""
+    if event.startswith(b"data:") and b"\n" not in event and b"\r" not in event:
+        payload = event[5:].strip()
+    else:
+        data = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
+        if not data:
+            return None
+        payload = b"\n".join(data)
     if payload == b"[DONE]":
         return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(payload)
     except ValueError:
@@ -125,7 +140,7 @@ class StreamMeter:
     def _see_done(self, block: bytes) -> None:
         """Note the stream's `data: [DONE]`: only at the start of a line, where no JSON string
         (which cannot hold a raw newline) can put it."""
-        if any(block.startswith(m) or b"\n" + m in block for m in DONE_MARKS):
+        if block.startswith(DONE_MARKS) or any(m in block for m in LINE_DONE_MARKS):
             self.done = True
 
     def _scan(self, block: bytes) -> bytes:

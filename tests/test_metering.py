@@ -108,3 +108,18 @@ def test_the_end_of_the_stream_is_seen_at_any_split_and_only_at_a_line_start(siz
     meter = StreamMeter(strip_usage_chunk=True)
     relay(meter, body + USAGE + DONE, size)
     assert meter.done
+
+
+def test_events_only_the_standard_library_reads_are_still_counted() -> None:
+    """Events are read with orjson first: what it refuses and the standard library reads (NaN,
+    a lone surrogate, UTF-16) keeps its text, as before; so does an event whose JSON is split
+    over several `data:` lines."""
+    odd = [b'data: {"choices": [{"delta": {"content": "a"}, "logprob": NaN}]}\n\n',
+           b'data: {"choices": [{"delta": {"content": "b\\ud800"}}]}\n\n',
+           b'data: {"choices": [{"delta": {"content": "c"}}]}\n\n',
+           b"data: " + '{"choices": [{"delta": {"content": "d"}}]}'.encode("utf-16") + b"\n\n",
+           b'data: {"choices": [{"delta":\ndata: {"content": "e"}}]}\r\n\r\n']
+    meter = StreamMeter(strip_usage_chunk=True)
+    stream = b"".join(odd) + DONE
+    assert relay(meter, stream, 7) == stream
+    assert meter.completion_text() == "ab\ud800cde"
