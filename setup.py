@@ -26,6 +26,9 @@ setup(
         # prompt parses in about half the standard library's time and writes in a fifth. 3.10 at
         # least: older ones have no depth limit and crash the process on a deeply nested body.
         "orjson>=3.10,<4",
+        # /v1 bodies are read with it into the few members the gateway needs, the prompt left as
+        # checked raw JSON: 216 KB of chat prompt in about 50 µs where orjson takes 170.
+        "msgspec>=0.19,<1",
         "python3-saml>=1.16,<2",
         "python-jose>=3.3,<4",
         # The official Prometheus client: metric objects, the scrape-time collector, the exposition.

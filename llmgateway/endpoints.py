@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import GatewayError, bad_request
+from .requestbody import RequestBody
 
 MAX_PATH = 200
 MAX_SEGMENTS = 8
@@ -37,10 +38,9 @@ class Endpoint:
     completes: bool = True
     counting: str = BODY
 
-    def require_prompt(self, body: dict) -> None:
-        """A 400 naming the field when the prompt the endpoint needs is missing or empty."""
-        if self.prompt_types and (not isinstance(body.get(self.prompt_field), self.prompt_types)
-                                  or not body[self.prompt_field]):
+    def require_prompt(self, body: RequestBody) -> None:
+        """A 400 naming the field when the prompt the endpoint needs is missing, empty or of the wrong type."""
+        if self.prompt_types and not body.prompt_is(self.prompt_field, self.prompt_types):
             raise bad_request(f"'{self.prompt_field}' is required and must not be empty.", self.prompt_field)
 
 

@@ -300,8 +300,8 @@ class Gateway:
             self.open_calls.add(call)
             model = call.route.model
             self.journal.opened(call.request_id, call.ts, call.key.id, call.key.owner, model.id, call.endpoint,
-                                call.stream, call.body, (model.prompt_cost_per_1k, model.completion_cost_per_1k),
-                                relay)
+                                call.stream, call.prompt_estimate,
+                                (model.prompt_cost_per_1k, model.completion_cost_per_1k), relay)
 
     def end(self, call: Any = None) -> None:
         self.in_flight -= 1

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from .endpoints import Endpoint
 from .metering import StreamMeter
 from .records import UsageEvent
-from .tokencount import estimate, estimate_prompt
+from .tokencount import estimate
 
 log = logging.getLogger("llmgateway.journal")
 
@@ -141,10 +141,10 @@ class Journal:
             self._write(b"")
 
     def opened(self, request_id: str, ts: float, key_id: str, user: str, model: str, endpoint: Endpoint,
-               stream: bool, body: dict, prices: tuple[float, float], relay: Relayed | None) -> None:
+               stream: bool, prompt_estimate: int, prices: tuple[float, float], relay: Relayed | None) -> None:
         """A call was admitted and goes upstream."""
         line = (json.dumps(["o", request_id, ts, key_id, user, model, endpoint.path, stream,
-                            estimate_prompt(endpoint, body), prices[0], prices[1]]) + "\n").encode()
+                            prompt_estimate, prices[0], prices[1]]) + "\n").encode()
         self.open[request_id] = Entry(line, relay if stream else None)
         self._write_soon(line)
 

@@ -17,6 +17,7 @@ import orjson
 from .errors import bad_request
 
 TOO_DEEP = "The JSON body is nested too deeply."
+NOT_JSON = "We could not parse the JSON body of your request: it is not valid JSON."
 BOM = b"\xef\xbb\xbf"
 _SPACES = re.compile(rb"[ \t\r\n]*")
 
@@ -35,7 +36,7 @@ def load_json(raw: bytes, empty: Any = None) -> Any:
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("array and object recursion depth exceeded"):
             raise bad_request(TOO_DEEP) from None
-        raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.") from None
+        raise bad_request(NOT_JSON) from None
 
 
 def encode_body(obj: Any) -> bytes:
@@ -47,14 +48,11 @@ def encode_body(obj: Any) -> bytes:
         raise bad_request(TOO_DEEP) from None
 
 
-def prepend_member(raw: bytes, body: dict, name: str, value: Any) -> bytes | None:
-    """`raw` (whose parse is `body`, a non-empty object) with `"name": value` as its first member:
-    the cost of a copy, where writing `body` again costs as much as the prompt is long (4 µs
-    against 50 µs for 216 KB of code). None if `body` has the member already: the parse shows it
-    under every spelling, so without it the bytes hold no such member for the new one to
-    duplicate, and every parser reads the same body."""
-    if name in body or not body:
-        return None
+def prepend_member(raw: bytes, name: str, value: Any) -> bytes:
+    """`raw`, a non-empty JSON object the caller has read and found without the member `name` under any
+    spelling, with `"name": value` as its first member: the cost of a copy, where writing the
+    body again costs as much as the prompt is long (3 µs against 50 µs for 216 KB of code). The
+    new member duplicates nothing, so every parser reads the same body."""
     start = _SPACES.match(raw).end() + 1
     member = orjson.dumps(name) + b":" + orjson.dumps(value) + b","
     return b"".join((memoryview(raw)[:start], member, memoryview(raw)[start:]))

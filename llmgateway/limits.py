@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from .config import LIMIT_NAMES
 from .endpoints import Endpoint
 from .errors import GatewayError
+from .requestbody import RequestBody
 
 BUDGET_KINDS = frozenset(("cost_d", "cost_w", "tok_d", "tok_w"))
 KIND_OF = {
@@ -111,26 +112,16 @@ def merged(defaults: dict[str, float], override: dict[str, float]) -> dict[str, 
     return {k: v for k, v in out.items() if v}
 
 
-def _string_bytes(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, dict):
-        return sum(_string_bytes(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_string_bytes(v) + 4 for v in value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return 1
-    return 0
-
-
-def reservation(endpoint: Endpoint, body: dict, bytes_per_token: float, default_max_tokens: int) -> tuple[int, int]:
+def reservation(endpoint: Endpoint, body: RequestBody, bytes_per_token: float,
+                default_max_tokens: int) -> tuple[int, int]:
     """(prompt, completion) tokens to reserve: an upper estimate of the prompt, the most the completion may take.
 
-    With `bytes_per_token` = 1 the prompt estimate cannot fall short (a byte-level BPE token
-    covers at least one byte; 4 per list item covers chat-template tokens around each message).
+    The prompt is measured as the bytes of its JSON, which the body's read has at hand: at least
+    the UTF-8 bytes of its text, plus the quotes, brackets and member names around each item. With
+    `bytes_per_token` = 1 the estimate cannot fall short (a byte-level BPE token covers at least
+    one byte, and a message's JSON carries more bytes than its chat template adds tokens).
     """
-    source = body.get(endpoint.prompt_field, body) if endpoint.prompt_field else body
-    prompt = math.ceil(_string_bytes(source) / bytes_per_token) + 16
+    prompt = math.ceil(body.prompt_size(endpoint.prompt_field) / bytes_per_token) + 16
     if not endpoint.completes:
         return prompt, 0
     most = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens

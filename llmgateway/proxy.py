@@ -1,8 +1,9 @@
 """The request path after authentication: validate, authorize, route, relay, settle.
 
-The body is parsed once; the gateway changes its bytes only when it must (the upstream model
-name, or asking a stream for its usage chunk): a splice for the one, the parsed body written
-again with orjson for the other (`upstream_payload`). Streams are relayed chunk by chunk through a
+The body is read once, its prompt left as raw JSON (`requestbody`); the gateway changes its
+bytes only when it must (asking a stream for its usage chunk, or the upstream model name): a
+splice for the one, the body parsed and written again with orjson for the other
+(`upstream_payload`). Streams are relayed chunk by chunk through a
 `Sink` (the handler) while `StreamMeter` reads usage from them.
 """
 
@@ -29,6 +30,7 @@ from .limits import Ticket
 from .metering import StreamMeter, choice_text, find_usage
 from .records import KeyRecord, UsageEvent
 from .redact import redact_url
+from .requestbody import RequestBody, read_body
 from .routing import Route, UpstreamState
 from .tokencount import Prompt, Target, estimate_prompt, estimate_usage
 from .upstream import CONNECT_ERRORS, TIMEOUT_ERRORS, curl_errno, never_connected
@@ -80,7 +82,7 @@ class Call:
     key: KeyRecord
     route: Route
     endpoint: Endpoint
-    body: dict | None
+    body: RequestBody | None
     payload: bytes
     stream: bool
     strip_usage: bool
@@ -94,34 +96,27 @@ class Call:
     ticket: Ticket | None = None
 
     def forget_body(self) -> None:
-        """Let go of the parse once admission and the journal have read it: a stream can outlive
-        it by minutes, and the payload, which the transfer holds anyway, gives it back if the
-        usage must be counted (`parsed`). One copy of a large prompt per open call, not two."""
+        """Let go of the read body (it holds the client's bytes) once admission has read it: a
+        stream can outlive it by minutes, and the payload, which the transfer holds anyway, is
+        parsed if the usage must be counted (`parsed`). One copy of a large prompt per open
+        call, not two."""
         self.body = None
 
     def parsed(self) -> dict:
-        """The body as the upstream got it, parsed again from the payload if it was let go."""
-        return self.body if self.body is not None else load_json(self.payload)
+        """The body as the upstream got it, parsed from the payload."""
+        return load_json(self.payload)
 
     def cancel(self, status: int = 0) -> None:
         """Stop the upstream transfer at its next progress check; `status` says why (499 or 503)."""
         self.cut = status or CLIENT_CLOSED
 
 
-def parse_body(raw: bytes) -> dict:
-    """The request body as a JSON object, or a 400."""
-    body = load_json(raw)
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
-
-
-def validate(endpoint: Endpoint, body: dict) -> tuple[str, bool]:
+def validate(endpoint: Endpoint, body: RequestBody) -> tuple[str, bool]:
     """(model, stream) after checking the fields the gateway relies on."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter (a non-empty string).", "model")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
@@ -155,7 +150,7 @@ def authorize_model(gw: Gateway, key: KeyRecord, model: str) -> Route:
 def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_headers: Any) -> Call:
     """Parse, validate, authorize and route one request to a registry endpoint."""
     raw = strip_bom(raw)
-    body = parse_body(raw)
+    body = read_body(raw)
     model, stream = validate(endpoint, body)
     route = authorize_model(gw, key, model)
     options = body.get("stream_options") or {}
@@ -167,20 +162,21 @@ def prepare(gw: Gateway, key: KeyRecord, endpoint: Endpoint, raw: bytes, client_
     return call
 
 
-def upstream_payload(raw: bytes, body: dict, target_model: str, ask_usage: bool) -> bytes:
-    """The body the upstream gets, and `body` changed to match it: the client's bytes, with
-    `stream_options.include_usage` set when asked (spliced in front when the client sent no
-    `stream_options`) and the model renamed to the upstream's. A rename writes the body again
-    (orjson): finding the top-level `model` in the bytes safely costs more than that."""
-    payload: bytes | None = raw
-    if body["model"] != target_model:
-        body["model"] = target_model
-        payload = None
+def upstream_payload(raw: bytes, body: RequestBody, target_model: str, ask_usage: bool) -> bytes:
+    """The body the upstream gets: the client's bytes, with `stream_options.include_usage` set
+    when asked and the model renamed to the upstream's. Setting the option on a body without
+    `stream_options` is a splice in front; anything else parses the body and writes it again
+    (orjson): finding a top-level member in the bytes safely costs more than that."""
+    rename = body.get("model") != target_model
+    if not rename and not ask_usage:
+        return raw
+    if not rename and not body.has("stream_options"):
+        return prepend_member(raw, "stream_options", {"include_usage": True})
+    obj = load_json(raw)
+    obj["model"] = target_model
     if ask_usage:
-        if payload is not None:
-            payload = prepend_member(raw, body, "stream_options", {"include_usage": True})
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return payload if payload is not None else encode_body(body)
+        obj["stream_options"] = {**(obj.get("stream_options") or {}), "include_usage": True}
+    return encode_body(obj)
 
 
 def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[str, str]:
@@ -198,7 +194,8 @@ def upstream_headers(client_headers: Any, secret: str, request_id: str) -> dict[
 async def admit(gw: Gateway, call: Call, owner_limits: dict[str, float]) -> None:
     """Reserve against the call's limits (a 429 if any is reached); nothing to do when none apply."""
     model = call.route.model
-    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.parsed())
+    assert call.body is not None, "admitted before the relay lets go of the body"
+    checks = gw.admission.checks(call.key, owner_limits, model, call.endpoint, call.body)
     if checks:
         call.ticket = await gw.admission.admit(call.request_id, checks, model.free)
 

@@ -21,9 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from .endpoints import MESSAGES, TEXTS, Endpoint
+from .requestbody import RequestBody
 
 PostJson = Callable[[str, Any, str], Awaitable[tuple[int, Any]]]
 
@@ -45,23 +44,20 @@ def estimate(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
-def estimate_bytes(data: bytes) -> int:
-    """`estimate` of JSON text as orjson writes it (UTF-8, so a character may take several bytes)."""
-    return math.ceil(len(data) / 4) if data else 0
-
-
-def estimate_prompt(endpoint: Endpoint, body: dict) -> int:
-    """The prompt's estimated tokens, by what the endpoint's prompt is made of."""
-    if endpoint.counting == MESSAGES:
-        return math.ceil(message_chars(body.get("messages")) / 4)
-    if endpoint.counting == TEXTS:
-        return sum(estimate(t) for t in prompt_texts(endpoint, body))
-    return estimate_bytes(orjson.dumps(body.get("input", body.get("messages", ""))))
+def estimate_prompt(endpoint: Endpoint, body: RequestBody) -> int:
+    """The prompt's estimated tokens: a quarter of the bytes of its JSON, which the body's read
+    has at hand (an unlisted endpoint's `input`, else its `messages`). Member names and quotes
+    count too, about as many tokens as a chat template adds around each message."""
+    if endpoint.prompt_field:
+        size = body.prompt_size(endpoint.prompt_field)
+    else:
+        size = body.prompt_size("input") or body.prompt_size("messages")
+    return math.ceil(size / 4)
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A call's prompt as counting needs it: its estimate, taken at the first parse, and the body,
+    """A call's prompt as counting needs it: its estimate, taken when the body was read, and the body,
     parsed again (`load`) only when a tokenizer is to be sent it."""
 
     estimate: int
@@ -93,13 +89,6 @@ def message_parts(messages: Any) -> list[str]:
             elif isinstance(content, list):
                 parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return parts
-
-
-def message_chars(messages: Any) -> int:
-    """The length of the texts of chat messages joined by newlines, without joining them: the
-    journal estimates every call's prompt, and a large prompt is not copied for it."""
-    parts = message_parts(messages)
-    return sum(map(len, parts)) + max(len(parts) - 1, 0)
 
 
 def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:

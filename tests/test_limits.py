@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +28,7 @@ from llmgateway.limits import (
 )
 from llmgateway.limits_local import LocalLimiter
 from llmgateway.limits_redis import RedisLimiter
+from llmgateway.requestbody import RequestBody, read_body
 from tests.conftest import RedisServer
 
 Scenario = Callable[[Limiter], Awaitable[None]]
@@ -216,13 +218,19 @@ def test_concurrent_admissions_on_two_connections_never_exceed_the_limit(redis_s
     asyncio.run(main())
 
 
+def read(body: dict, ensure_ascii: bool = True) -> RequestBody:
+    return read_body(json.dumps(body, ensure_ascii=ensure_ascii).encode())
+
+
 def test_reservation_is_an_upper_bound_of_prompt_and_completion() -> None:
-    body = {"messages": [{"role": "user", "content": "héllo wörld"}], "max_tokens": 7, "n": 2}
-    prompt, completion = reservation(CHAT, body, 1.0, 1024)
-    assert prompt >= len("héllo wörld".encode()) and completion == 14
-    assert reservation(COMPLETIONS, {"prompt": "abc"}, 1.0, 50)[1] == 50
-    assert reservation(EMBEDDINGS, {"input": ["a", "b"]}, 1.0, 50)[1] == 0
-    assert reservation(CHAT, body, 4.0, 1024)[0] < prompt
+    text = "héllo wörld"
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 7, "n": 2}
+    for ensure_ascii in (True, False):
+        prompt, completion = reservation(CHAT, read(body, ensure_ascii), 1.0, 1024)
+        assert prompt >= len(text.encode()) + 16 and completion == 14
+    assert reservation(COMPLETIONS, read({"prompt": "abc"}), 1.0, 50)[1] == 50
+    assert reservation(EMBEDDINGS, read({"input": ["a", "b"]}), 1.0, 50)[1] == 0
+    assert reservation(CHAT, read(body), 4.0, 1024)[0] < prompt
 
 
 def test_token_budgets_apply_only_to_free_models() -> None:

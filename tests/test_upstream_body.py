@@ -119,11 +119,37 @@ def test_a_byte_order_mark_is_dropped(setup) -> None:
     b'{"model":"same","messages":' + MESSAGES + b',"temperature":NaN}',
     b'{"model":"same","messages":' + MESSAGES + b',"temperature":Infinity}',
     b'{"model":"same","messages":[{"role":"user","content":"\\ud800"}]}',
+    b'{"model":"same","messages":' + MESSAGES + b',"user":"\\udc00"}',
     '{"model":"same","messages":[]}'.encode("utf-16"),
-], ids=["NaN", "Infinity", "lone surrogate", "UTF-16"])
+    b'{"model":"same","messages":[{"role":"user","content":"\xff\xfe"}]}',
+    b'{"model":"same","messages":[{"role":"user","content":"\xc0\xa2}]}',
+    b'{"model":"same","messages":[{"role":"user","content":"\xed\xa0\x80"}]}',
+    b'{"model":"same","messages":[{"role":"user","content":"a\x01b"}]}',
+], ids=["NaN", "Infinity", "lone surrogate", "lone surrogate elsewhere", "UTF-16", "invalid UTF-8",
+        "overlong quote", "encoded surrogate", "control character"])
 def test_what_is_not_json_is_a_400_and_never_goes_up(setup, body: bytes) -> None:
     mock, gw, key, _ = setup
     status, answer = post(gw.port, key, body)
     assert status == 400
     assert "not valid JSON" in json.loads(answer)["error"]["message"]
     assert [r for r in mock.requests() if r["path"] == "/v1/chat/completions"] == []
+
+
+@pytest.mark.parametrize("sent,status", [
+    (b'{"model":"same","m\\u0065ssages":' + MESSAGES + b"}", 200),
+    (b'{"model":"same","messages":[],"messages":' + MESSAGES + b"}", 200),
+    (b'{"model":"same","messages":' + MESSAGES + b',"messages":[ ]}', 400),
+    (b'{"model":"same","messages":' + MESSAGES + b',"messages":"hi"}', 400),
+    (b'{"model":"same","messages":' + MESSAGES + b',"m\\u0065ssages":null}', 400),
+], ids=["escaped name", "last of two is good", "last of two is empty", "last of two is text", "last is null"])
+def test_the_prompt_checked_is_the_one_the_upstream_reads(setup, sent: bytes, status: int) -> None:
+    """The prompt is kept as raw JSON, not parsed: its member is still found under any spelling,
+    the last of duplicates wins (as in the upstream's parser), and its type is checked."""
+    mock, gw, key, _ = setup
+    code, answer = post(gw.port, key, sent)
+    assert code == status, answer
+    calls = [r for r in mock.requests() if r["path"] == "/v1/chat/completions"]
+    if status == 400:
+        assert json.loads(answer)["error"]["param"] == "messages" and calls == []
+    else:
+        assert calls[-1]["raw"].encode() == sent
