@@ -75,7 +75,11 @@ class RequestBody:
 
 
 def read_body(raw: bytes) -> RequestBody:
-    """`raw` (without a byte order mark) read as a JSON object, or a 400 saying what is wrong."""
+    """`raw` (without a byte order mark) read as a JSON object, or a 400 saying what is wrong.
+
+    msgspec does not check the UTF-8 of what it skips, and a server that read an invalid or
+    overlong sequence leniently could see other members than the gateway checked; a body with
+    any non-ASCII byte is decoded once to check it (about 10 µs for 216 KB)."""
     if not raw:
         raise bad_request("The request body must be a JSON object.")
     try:
