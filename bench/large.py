@@ -35,6 +35,13 @@ KINDS = {
 TOKENS = 16
 
 
+def model_id(kind: str) -> str:
+    """The model a kind's mock serves. Not the kind itself: a model named `usage` would put
+    `"usage"` in every chunk of its streams, which sends the gateway's meter to its slow path
+    (looking for the usage object) on every chunk, where a real model name never does."""
+    return f"{kind}-model"
+
+
 def filler() -> str:
     """Prompt text like a code file in a RAG context: quotes, backslashes and newlines to escape."""
     return "".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "llmgateway").glob("*.py")))
@@ -89,12 +96,12 @@ def json_costs(sizes: list[int], text: str) -> list[dict[str, Any]]:
 
 
 def start_gateway(children: Children, workdir: Path, mocks: dict[str, int], cpu: int | None) -> tuple[Any, int, str]:
-    """The gateway with one model per mock (named as the kind), a key; waits for /healthz."""
+    """The gateway with one model per mock (`model_id` of its kind), a key; waits for /healthz."""
     import subprocess
     import time
     import urllib.request
 
-    models = "".join(f'[[models]]\nid = "{kind}"\nupstreams = ["http://127.0.0.1:{port}"]\n\n'
+    models = "".join(f'[[models]]\nid = "{model_id(kind)}"\nupstreams = ["http://127.0.0.1:{port}"]\n\n'
                      for kind, port in mocks.items())
     port = free_port()
     config = workdir / "gateway.toml"
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         mocks, relays = {}, {}
         for kind, flags in KINDS.items():
             cmd = [sys.executable, "-m", "bench.mock_upstream", "--listen", "127.0.0.1:0", "--tokens", str(TOKENS),
-                   "--model-names", kind, *flags]
+                   "--model-names", model_id(kind), *flags]
             mocks[kind] = wait_ready(children, f"mock-{kind}", children.start(f"mock-{kind}", cmd, client_cpu,
                                                                               stdout=-1))[1]
         for kind, port in mocks.items():
@@ -152,7 +159,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         costs = json_costs(args.sizes, text)
         streams = {}
         if args.streams:
-            body = chat_body("no-usage", 216 * 1024, text, mock={"interval_ms": 500, "tokens": 10})
+            body = chat_body(model_id("no-usage"), 216 * 1024, text, mock={"interval_ms": 500, "tokens": 10})
             relay_pid, relay_port = relays["no-usage"]
             for name, pid, target in (("gateway", gw_proc.pid, load.Target("127.0.0.1", gw_port, key=key)),
                                       ("relay", relay_pid, load.Target("127.0.0.1", relay_port))):
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rows = []
         for size_kb in args.sizes:
             for kind in KINDS:
-                body = chat_body(kind, size_kb * 1024, text)
+                body = chat_body(model_id(kind), size_kb * 1024, text)
                 targets = {"gateway": (gw_proc.pid, load.Target("127.0.0.1", gw_port, key=key)),
                            "relay": (relays[kind][0], load.Target("127.0.0.1", relays[kind][1]))}
                 direct = load.Target("127.0.0.1", mocks[kind])

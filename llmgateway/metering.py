@@ -16,9 +16,11 @@ import orjson
 
 COMPACT_AT = 1 << 20
 USAGE_MARK = b'"usage"'
-NULL_USAGE_MARKS = (b'"usage":null', b'"usage": null')
+NULL_USAGE, NULL_USAGE_SPACED = b'"usage":null', b'"usage": null'
+DONE = b"[DONE]"
 DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
-LINE_DONE_MARKS = tuple(b"\n" + m for m in DONE_MARKS)
+LINE_DONE, LINE_DONE_UNSPACED = (b"\n" + m for m in DONE_MARKS)
+EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
 
 def normalise_usage(usage: Any) -> tuple[int, int] | None:
@@ -117,14 +119,20 @@ class StreamMeter:
         self._text: list[str] = []
 
     def feed(self, data: bytes) -> bytes:
-        """Take bytes from upstream; return the bytes to relay to the client now."""
+        """Take bytes from upstream; return the bytes to relay to the client now.
+
+        Called for every chunk of every stream, so the usual case (whole events, no usage, no
+        `[DONE]`) costs a few byte searches and no copy."""
         buf = self._tail + data if self._tail else data
-        cut = max(buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n"))
-        if cut < 0:
-            self._tail = buf
-            return b"" if self.hold else data
-        end = cut + (4 if buf.startswith(b"\r\n\r\n", cut) else 2)
-        complete, self._tail = buf[:end], buf[end:]
+        if buf.endswith(EVENT_ENDS):
+            complete, self._tail = buf, b""
+        else:
+            cut = max(buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n"))
+            if cut < 0:
+                self._tail = buf
+                return b"" if self.hold else data
+            end = cut + (4 if buf.startswith(b"\r\n\r\n", cut) else 2)
+            complete, self._tail = buf[:end], buf[end:]
         kept = self._scan(complete)
         return kept if self.hold else data
 
@@ -140,15 +148,17 @@ class StreamMeter:
     def _see_done(self, block: bytes) -> None:
         """Note the stream's `data: [DONE]`: only at the start of a line, where no JSON string
         (which cannot hold a raw newline) can put it."""
-        if block.startswith(DONE_MARKS) or any(m in block for m in LINE_DONE_MARKS):
+        if block.startswith(DONE_MARKS) or LINE_DONE in block or LINE_DONE_UNSPACED in block:
             self.done = True
 
     def _scan(self, block: bytes) -> bytes:
         """Look at each complete event in `block`; return the block minus a stripped usage chunk."""
-        self._see_done(block)
+        if DONE in block:
+            self._see_done(block)
         marks = block.count(USAGE_MARK)
-        if not marks or marks == sum(block.count(m) for m in NULL_USAGE_MARKS):
-            self._keep_raw(block)
+        if not marks or marks == block.count(NULL_USAGE) + block.count(NULL_USAGE_SPACED):
+            if self.usage is None:
+                self._keep_raw(block)
             return block
         sep = b"\r\n\r\n" if b"\r\n\r\n" in block else b"\n\n"
         events = block.split(sep)
@@ -157,7 +167,7 @@ class StreamMeter:
 
     def _scan_event(self, event: bytes) -> bool:
         """Record usage or text from one event; False if it is the usage chunk to strip."""
-        if USAGE_MARK not in event or any(m in event for m in NULL_USAGE_MARKS):
+        if USAGE_MARK not in event or NULL_USAGE in event or NULL_USAGE_SPACED in event:
             self._keep_raw(event)
             return True
         obj = _event_json(event)
