@@ -22,6 +22,7 @@ from .config import UpstreamConfig
 CONNECT_ERRORS = {pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST}
 TIMEOUT_ERRORS = {pycurl.E_OPERATION_TIMEDOUT}
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+MIN_UPLOAD_BUFFER, MAX_UPLOAD_BUFFER = 16 * 1024, 64 * 1024
 
 
 class _Progress:
@@ -118,9 +119,12 @@ class UpstreamClient:
             # than ours and is reported as a timeout too.
             curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
             curl.setopt(pycurl.LOW_SPEED_TIME, wake_window)
-            # libcurl's default 64 KiB upload buffer per transfer is most of the memory an open
-            # stream holds; request bodies are sent from memory, so the minimum does as well.
-            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
+            # libcurl's upload buffer, held for the whole transfer: its 64 KiB default would be
+            # most of the memory an open stream with a small prompt holds, while a large prompt
+            # sent in 16 KiB pieces costs both sides a wake-up per piece (about 50 µs of the
+            # gateway's CPU and 70 of the upstream's for 216 KB). So the body's size, within
+            # libcurl's least and a 64 KiB most.
+            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, min(MAX_UPLOAD_BUFFER, max(MIN_UPLOAD_BUFFER, len(body))))
             if header_line is not None:
                 curl.setopt(pycurl.HEADERFUNCTION, header_line)
 
