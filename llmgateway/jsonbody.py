@@ -5,6 +5,7 @@ Invalid JSON and JSON nested too deeply both get a 400; orjson stops at 1024 lev
 `JSONDecodeError` of its own, which is told apart so the client hears which one it was. orjson
 is stricter than the standard library where JSON is: no NaN or Infinity, no lone surrogates, no
 UTF-16 or UTF-32 bodies. A UTF-8 byte order mark, which RFC 8259 lets a parser ignore, is.
+`/v1` bodies are read by `requestbody` instead, to the same rules and with the same errors.
 """
 
 from __future__ import annotations

@@ -157,8 +157,7 @@ class StreamMeter:
             self._see_done(block)
         marks = block.count(USAGE_MARK)
         if not marks or marks == block.count(NULL_USAGE) + block.count(NULL_USAGE_SPACED):
-            if self.usage is None:
-                self._keep_raw(block)
+            self._keep_raw(block)
             return block
         sep = b"\r\n\r\n" if b"\r\n\r\n" in block else b"\n\n"
         events = block.split(sep)

@@ -21,7 +21,9 @@ from .errors import bad_request
 from .jsonbody import NOT_JSON, TOO_DEEP
 
 ABSENT = msgspec.UNSET
+NOT_OBJECT = "The request body must be a JSON object."
 _EMPTY = re.compile(rb'""|\[[ \t\r\n]*\]')
+_KIND_BY_FIRST_BYTE = {ord("["): list, ord('"'): str}
 
 
 class _Members(msgspec.Struct):
@@ -70,7 +72,7 @@ class RequestBody:
         raw = memoryview(getattr(self.members, name))
         if not raw:
             return False
-        kind = {ord("["): list, ord('"'): str}.get(raw[0])
+        kind = _KIND_BY_FIRST_BYTE.get(raw[0])
         return kind in kinds and not _EMPTY.match(raw)
 
 
@@ -81,7 +83,7 @@ def read_body(raw: bytes) -> RequestBody:
     overlong sequence leniently could see other members than the gateway checked; a body with
     any non-ASCII byte is decoded once to check it (about 10 µs for 216 KB)."""
     if not raw:
-        raise bad_request("The request body must be a JSON object.")
+        raise bad_request(NOT_OBJECT)
     try:
         if not raw.isascii():
             raw.decode()
@@ -91,7 +93,7 @@ def read_body(raw: bytes) -> RequestBody:
     except RecursionError:
         raise bad_request(TOO_DEEP) from None
     except msgspec.ValidationError:
-        raise bad_request("The request body must be a JSON object.") from None
+        raise bad_request(NOT_OBJECT) from None
     except msgspec.DecodeError:
         raise bad_request(NOT_JSON) from None
     return RequestBody(members, len(raw))

@@ -5,8 +5,8 @@ Order of truth: the upstream's own usage; else its tokenizer — vLLM's `/tokeni
 llama-cpp-python's `/extras/tokenize/count`; for a chat prompt on a server whose tokenizer cannot
 apply the template, a one-token non-streaming probe of the same messages, whose `usage` gives the
 prompt count exactly (a server whose probe answers without usage is not probed again for
-`RELEARN_AFTER`: it would only be sent the whole prompt again); else an estimate of four
-characters per token, stored as `estimated`.
+`RELEARN_AFTER`: it would only be sent the whole prompt again); else an estimate (a quarter of
+the prompt's JSON bytes, four characters per token of the completion), stored as `estimated`.
 
 llama-cpp-python's tokenizer adds a BOS token to whatever it counts; the counter learns how many
 tokens an empty text gives and takes them off counts of generated text.
@@ -74,21 +74,6 @@ def _count(status: int, obj: Any) -> int | None:
     if status == 200 and isinstance(obj, dict) and isinstance(obj.get("count"), int):
         return obj["count"]
     return None
-
-
-def message_parts(messages: Any) -> list[str]:
-    """The texts of chat messages, content parts included."""
-    parts: list[str] = []
-    if isinstance(messages, list):
-        for msg in messages:
-            if not isinstance(msg, dict):
-                continue
-            content = msg.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return parts
 
 
 def prompt_texts(endpoint: Endpoint, body: dict) -> list[str]:
