@@ -15,6 +15,7 @@ import logging
 import signal
 
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from handlers import make_app
 from handlers.guard import MAX_HEADER_BLOCK, ShutdownGate
@@ -83,23 +84,28 @@ async def serve(config: Config) -> None:
     gate = ShutdownGate(app, gateway.metrics.refused)
     server = HTTPServer(gate, max_body_size=config.server.max_body_bytes * 2, max_header_size=MAX_HEADER_BLOCK,
                         idle_connection_timeout=75)
+    # The port is taken now (a clash is a start-up error), but nothing is accepted before the
+    # gateway has started: a call admitted before the budgets are loaded from the store could
+    # spend them again after a restart. Clients wait in the accept queue meanwhile.
     try:
-        server.listen(config.server.port, config.server.host)
+        sockets = bind_sockets(config.server.port, config.server.host)
     except OSError as exc:
         gateway.close()
         raise ConfigError(f"server.listen: cannot listen on {config.server.host}:{config.server.port}: "
                           f"{exc.strerror}") from None
     try:
         metrics_server = listen_metrics(gateway)
+        await gateway.start()
     except ConfigError:
-        server.stop()
+        for sock in sockets:
+            sock.close()
         gateway.close()
         raise
+    server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await gateway.start()
     scheduler = make_scheduler(gateway, loop)
     scheduler.start()
     checks = asyncio.ensure_future(HealthChecker(gateway.router, gateway.upstream).run())
