@@ -27,7 +27,7 @@ COPY llmgateway ./llmgateway
 COPY handlers ./handlers
 COPY static ./static
 RUN pip install . \
-    && python -c "import pycurl, tornado, apscheduler, llmgateway.server; print(pycurl.version)"
+    && python -c "import pycurl, tornado, apscheduler, handlers.app; print(pycurl.version)"
 
 # --- runtime --------------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -55,5 +55,5 @@ setup(
                  "PyYAML>=6", "jsonschema>=4"],
         "bench": ["py-spy>=0.3"],
     },
-    entry_points={"console_scripts": ["llmgateway=llmgateway.cli:main"]},
+    entry_points={"console_scripts": ["llmgateway=handlers.app:main"]},
 )

@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from bench.run import REPO, BenchError, Children, free_port, git_state, say, terminate_on_sigterm
+
 from . import load
-from .run import REPO, BenchError, Children, free_port, git_state, say, terminate_on_sigterm
 
 PREFIX = "/admin/api/v1"
 DEFAULT_STORE = Path("/tmp/llmgw-admin-bench/gateway.db")
@@ -900,7 +901,7 @@ def mongo_copy(path: Path, days: int) -> Any:
 
 async def page_shapes(store: Any, case: Case) -> list[str]:
     """The shapes the admin core issues for one case, call by call as the page sends them."""
-    from llmgateway.admin import Admin
+    from llmgateway.admin.service import Admin
     from llmgateway.config import parse_config
     from llmgateway.gateway import Gateway
 

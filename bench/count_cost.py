@@ -26,8 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .large import filler
-from .run import REPO, free_port
+from bench.large import filler
+from bench.run import REPO, free_port
 
 N_CTX = 8192
 

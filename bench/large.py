@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.run import REPO, BenchError, Children, free_port, say, terminate_on_sigterm, wait_ready
+
 from . import load
-from .run import REPO, BenchError, Children, free_port, say, terminate_on_sigterm, wait_ready
 
 KINDS = {
     "usage": ("--usage-chunk", "on"),
@@ -44,7 +45,7 @@ def model_id(kind: str) -> str:
 
 def filler() -> str:
     """Prompt text like a code file in a RAG context: quotes, backslashes and newlines to escape."""
-    return "".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "llmgateway").glob("*.py")))
+    return "".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "llmgateway").rglob("*.py")))
 
 
 def chat_body(model: str, size: int, text: str, stream: bool = True, mock: dict | None = None) -> bytes:
@@ -73,7 +74,7 @@ def json_costs(sizes: list[int], text: str) -> list[dict[str, Any]]:
     import orjson
 
     from llmgateway.jsonbody import prepend_member
-    from llmgateway.requestbody import read_body
+    from llmgateway.relay.requestbody import read_body
 
     rows = []
     for size_kb in sizes:

@@ -15,7 +15,7 @@ import json
 import sys
 import timeit
 
-from llmgateway.metering import StreamMeter
+from llmgateway.usage.metering import StreamMeter
 
 
 def chunks(tokens: int, usage: bool) -> list[bytes]:

@@ -31,11 +31,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from llmgateway.metrics import Metrics
+from bench.run import MODEL, BenchError, Children, Plan, free_port, start_gateway, start_mock
+from llmgateway.ops.metrics import Metrics
 from llmgateway.records import UsageEvent
 
 from . import load
-from .run import MODEL, BenchError, Children, Plan, free_port, start_gateway, start_mock
 
 MEASURES = ("p50_ms", "stream_p50_ms", "rps", "stream_rps", "cpu_us_per_call", "stream_cpu_us_per_call")
 HIGHER_IS_WORSE = {"p50_ms", "stream_p50_ms", "cpu_us_per_call", "stream_cpu_us_per_call"}

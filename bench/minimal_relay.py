@@ -25,9 +25,8 @@ from tornado.httpclient import HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
-from llmgateway.server import tune_gc
-
-from .serving import serve_until_signal
+from bench.serving import serve_until_signal
+from llmgateway.ops.process import tune_gc
 
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 HEADERS = {"Content-Type": "application/json"}

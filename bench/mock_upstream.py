@@ -80,7 +80,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
-from .serving import serve_until_signal
+from bench.serving import serve_until_signal
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MODES = ("ok", "error500", "badjson", "hang", "die", "status", "bare")

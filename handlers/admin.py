@@ -15,14 +15,14 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from llmgateway.admin import Admin
+from llmgateway.admin.service import Admin
 from llmgateway.audit import Actor
-from llmgateway.caller import ADMIN, Caller
+from llmgateway.auth.caller import ADMIN, Caller
+from llmgateway.auth.sessions import SESSION_COOKIE
 from llmgateway.errors import GatewayError, bad_request
 from llmgateway.gateway import Gateway
 from llmgateway.jsonbody import load_json
-from llmgateway.portal import Portal
-from llmgateway.sessions import SESSION_COOKIE
+from llmgateway.portal.service import Portal
 
 from .admin_spec import spec
 from .base import BaseHandler, BodyReader

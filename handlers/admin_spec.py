@@ -11,9 +11,9 @@ import re
 from typing import Any
 
 from llmgateway.audit import VIAS
-from llmgateway.catalog import MAX_UPSTREAMS, secret_envs
+from llmgateway.catalog.destinations import ANY_HOST, model_hosts
+from llmgateway.catalog.models import MAX_UPSTREAMS, secret_envs
 from llmgateway.config import LIMIT_NAMES, MODEL_KINDS, MODEL_LIMIT_NAMES, Config
-from llmgateway.destinations import ANY_HOST, model_hosts
 from llmgateway.inputs import MAX_EXPIRY_DAYS, MAX_LIMIT_VALUE, MAX_NAME, MAX_OFFSET, MAX_PAGE, MAX_TEXT
 from llmgateway.store.base import GROUPS, KEY_STATUSES, REPORT_ORDERS
 

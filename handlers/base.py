@@ -10,12 +10,12 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from llmgateway.caller import Caller
+from llmgateway.auth.caller import Caller
+from llmgateway.auth.identity import Callers
+from llmgateway.auth.sessions import SESSION_COOKIE
 from llmgateway.errors import GatewayError, error_body
 from llmgateway.gateway import Gateway
-from llmgateway.identity import Callers
-from llmgateway.portal import Portal, Session
-from llmgateway.sessions import SESSION_COOKIE
+from llmgateway.portal.service import Portal, Session
 
 from .guard import SMALL_BODY
 

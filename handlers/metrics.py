@@ -11,8 +11,8 @@ from typing import Any
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from tornado.web import Application, RequestHandler
 
-from llmgateway.log import log_request
-from llmgateway.metrics import Metrics
+from llmgateway.ops.log import log_request
+from llmgateway.ops.metrics import Metrics
 
 
 class MetricsHandler(RequestHandler):

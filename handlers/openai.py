@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from llmgateway.caller import Caller
-from llmgateway.endpoints import KNOWN, Endpoint, resolve, unknown_path
+from llmgateway.auth.caller import Caller
+from llmgateway.catalog.endpoints import KNOWN, Endpoint, resolve, unknown_path
 from llmgateway.errors import GatewayError
-from llmgateway.proxy import Call, Relay, admit, authorize_model, prepare
 from llmgateway.records import KeyRecord
+from llmgateway.relay.proxy import Call, Relay, admit, authorize_model, prepare
 
 from .base import BaseHandler, BodyReader
 

@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 from tornado.web import HTTPError
 
 from llmgateway.audit import Actor
+from llmgateway.auth.sessions import SESSION_COOKIE
 from llmgateway.errors import GatewayError
 from llmgateway.jsonbody import load_json
-from llmgateway.portal import safe_next
-from llmgateway.sessions import SESSION_COOKIE
+from llmgateway.portal.service import safe_next
 
 from .base import BaseHandler, BodyReader, SessionHandler
 

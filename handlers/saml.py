@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import time
 
+from llmgateway.auth.saml import SamlError, ServiceProvider
+from llmgateway.auth.sessions import LOGIN_COOKIE, LOGIN_STATE_SECONDS, SESSION_COOKIE
 from llmgateway.errors import GatewayError
-from llmgateway.portal import DEFAULT_NEXT, safe_next
-from llmgateway.saml import SamlError, ServiceProvider
-from llmgateway.sessions import LOGIN_COOKIE, LOGIN_STATE_SECONDS, SESSION_COOKIE
+from llmgateway.portal.service import DEFAULT_NEXT, safe_next
 
 from .base import SessionHandler
 

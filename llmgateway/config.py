@@ -314,7 +314,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> Config:
         if m.id in seen:
             raise ConfigError(f"models: id {m.id!r} appears twice")
         seen.add(m.id)
-    from .destinations import check_config  # imported here: it builds on this module's types
+    from .catalog.destinations import check_config  # imported here: it builds on this module's types
     from .portal_config import parse_portal  # imported here: it builds on this module's helpers
 
     config = Config(server, upstream, store_url, keys, usage, models, source, _parse_limits(raw), _parse_redis(raw),
@@ -388,7 +388,7 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
 
 def _parse_admin(raw: Mapping[str, Any]) -> AdminConfig:
     table = _table(raw, "admin")
-    from .destinations import parse_host_entry  # imported here: it builds on this module's types
+    from .catalog.destinations import parse_host_entry  # imported here: it builds on this module's types
 
     _reject_unknown(table, "admin", {"bootstrap_token_env", "token_days", "max_token_days",
                                      "catalog_refresh_seconds", "model_secret_envs", "model_hosts", "secret_hosts"})

@@ -15,23 +15,25 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from . import audit, catalog, freshness
-from .admission import Admission, quota_status, spent_in_store
+from . import audit
 from .audit import Actor
+from .auth.keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
+from .catalog import models as catalog
+from .catalog.routing import Router
+from .cluster import freshness
+from .cluster.shared import EPOCH, SharedState
 from .config import Config, ConfigError
 from .errors import GatewayError, unauthorized
-from .holds import StoreBudgets
-from .journal import Journal, Relayed
-from .keys import KEY_PATTERN, KeyCache, bearer_key, hash_key
-from .ledger import UsageLedger
-from .limits import Ticket, merged
-from .metrics import Metrics, NoMetrics
+from .limits.admission import Admission, quota_status, spent_in_store
+from .limits.holds import StoreBudgets
+from .limits.rules import Ticket, merged
+from .ops.metrics import Metrics, NoMetrics
 from .records import KeyRecord, ModelRecord, UsageEvent
-from .routing import Router
-from .shared import EPOCH, SharedState
+from .relay.upstream import UpstreamClient
 from .store import Store, StoreError
-from .tokencount import TokenCounter
-from .upstream import UpstreamClient
+from .usage.journal import Journal, Relayed
+from .usage.ledger import UsageLedger
+from .usage.tokencount import TokenCounter
 
 log = logging.getLogger("llmgateway")
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from .conftest import GatewayProcess
+from tests.conftest import GatewayProcess
 
 BOOTSTRAP = "bootstrap-" + "b" * 40
 API = "/admin/api/v1"

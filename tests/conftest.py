@@ -24,7 +24,7 @@ from typing import Any
 import openai
 import pytest
 
-from .idp import LoopbackIdP, make_key_pair
+from tests.idp import LoopbackIdP, make_key_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 15.0

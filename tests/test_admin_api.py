@@ -14,8 +14,8 @@ import openai
 import pytest
 import requests
 
-from .admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of, first_admin
-from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
+from tests.admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
 ROUTES = [

@@ -22,12 +22,12 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from llmgateway.keys import KEY_PATTERN
+from llmgateway.auth.keys import KEY_PATTERN
+from tests.browser import DESKTOP, PHONE, chromium, layout_faults, new_page, text_lines
+from tests.conftest import GatewayProcess, MockUpstream, model_toml, wait_for
+from tests.idp import LoopbackIdP
 
 from . import browser as shared
-from .browser import DESKTOP, PHONE, chromium, layout_faults, new_page, text_lines
-from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
-from .idp import LoopbackIdP
 
 REVIEW = shared.REVIEW / "admin"
 HELLO = [{"role": "user", "content": "Hello"}]

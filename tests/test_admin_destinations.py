@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from .admin_client import ADMIN_EXTRA, BOOTSTRAP, error_of, first_admin
-from .conftest import GatewayProcess, MockUpstream, free_port, model_toml
+from tests.admin_client import ADMIN_EXTRA, BOOTSTRAP, error_of, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, free_port, model_toml
 
 SECRET = "upstream-secret-" + "s" * 32
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -12,8 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from .admin_client import BOOTSTRAP, AdminClient, first_admin
-from .conftest import GatewayProcess, MockUpstream, RedisServer, model_toml, wait_for
+from tests.admin_client import BOOTSTRAP, AdminClient, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, RedisServer, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .admin_client import BOOTSTRAP, first_admin
-from .conftest import GatewayProcess, MockUpstream, model_toml
+from tests.admin_client import BOOTSTRAP, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, model_toml
 
 HELLO = [{"role": "user", "content": "Hello"}]
 EXAMPLES = 30

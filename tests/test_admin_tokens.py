@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from .admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of, first_admin
-from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
+from tests.admin_client import ADMIN_EXTRA, BOOTSTRAP, AdminClient, browser, error_of, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, model_toml, wait_for
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmgateway.cli import CliError, parse_time
+from llmgateway.cli.main import CliError, parse_time
 from tests.conftest import ROOT, model_toml
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from .admin_client import ADMIN_EXTRA, AdminClient, browser
-from .conftest import GatewayProcess, MockUpstream, model_toml
+from tests.admin_client import ADMIN_EXTRA, AdminClient, browser
+from tests.conftest import GatewayProcess, MockUpstream, model_toml
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

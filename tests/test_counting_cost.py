@@ -7,8 +7,8 @@ without usage is not sent every prompt again to learn nothing.
 
 from __future__ import annotations
 
-from .conftest import model_toml
-from .test_proxy import MESSAGES, chat_prompt_tokens
+from tests.conftest import model_toml
+from tests.test_proxy import MESSAGES, chat_prompt_tokens
 
 LONG = [{"role": "system", "content": "Answer from the context.\n" + "def f(x):\n    return \"x\\\\\" + x\n" * 2000},
         {"role": "user", "content": "caf\u00e9, \u6771\u4eac: what does f do?"}]

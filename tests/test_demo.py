@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port
 
 DEMO = ROOT / "tools" / "demo.py"
 DONE = "The store starts empty"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import GatewayProcess, MockUpstream, model_toml
+from tests.conftest import GatewayProcess, MockUpstream, model_toml
 
 FLOOD = 100_000
 BATCH = 1_000

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .admin_client import BOOTSTRAP, first_admin
-from .conftest import GatewayProcess, MockUpstream, model_toml, wait_for
+from tests.admin_client import BOOTSTRAP, first_admin
+from tests.conftest import GatewayProcess, MockUpstream, model_toml, wait_for
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from llmgateway.admission import spent_in_store
+from llmgateway.auth.keys import make_record
 from llmgateway.config import parse_config
 from llmgateway.gateway import Gateway
-from llmgateway.jobs import guarded, retention, rollups
-from llmgateway.keys import make_record
-from llmgateway.limits import period_of
+from llmgateway.limits.admission import spent_in_store
+from llmgateway.limits.rules import period_of
+from llmgateway.ops.scheduler import make_scheduler
 from llmgateway.records import UsageEvent
-from llmgateway.scheduler import make_scheduler
 from llmgateway.store import Store
+from llmgateway.usage.rollups import guarded, retention, rollups
 from tests.backends import BACKENDS, open_backend
 
 

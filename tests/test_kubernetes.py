@@ -27,8 +27,7 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 from llmgateway.config import ServerConfig, UpstreamConfig
-
-from .metric_names import GATEWAY_METRICS, TARGET_LABELS, series_name
+from tests.metric_names import GATEWAY_METRICS, TARGET_LABELS, series_name
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "kubernetes"

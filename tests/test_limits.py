@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
+from llmgateway.catalog.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from llmgateway.config import ConfigError, parse_config
-from llmgateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
-from llmgateway.limits import (
+from llmgateway.limits.local import LocalLimiter
+from llmgateway.limits.redis import RedisLimiter
+from llmgateway.limits.rules import (
     DAY,
     MICROS,
     Check,
@@ -26,9 +28,7 @@ from llmgateway.limits import (
     refusal,
     reservation,
 )
-from llmgateway.limits_local import LocalLimiter
-from llmgateway.limits_redis import RedisLimiter
-from llmgateway.requestbody import RequestBody, read_body
+from llmgateway.relay.requestbody import RequestBody, read_body
 from tests.conftest import RedisServer
 
 Scenario = Callable[[Limiter], Awaitable[None]]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmgateway.metering import StreamMeter, choice_text, find_usage
+from llmgateway.usage.metering import StreamMeter, choice_text, find_usage
 
 
 def event(obj: object, sep: bytes = b"\n\n") -> bytes:

@@ -14,8 +14,8 @@ import openai
 import pytest
 import requests
 
-from .conftest import GatewayProcess, MockUpstream, model_toml
-from .portal_helpers import stored_users
+from tests.conftest import GatewayProcess, MockUpstream, model_toml
+from tests.portal_helpers import stored_users
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

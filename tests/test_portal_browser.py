@@ -19,11 +19,10 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
-from llmgateway.keys import KEY_PATTERN
-
-from .browser import DESKTOP, NARROW, PHONE, check_page, check_widths, chromium, focused, layout_faults, new_page
-from .conftest import GatewayProcess, model_toml, wait_for
-from .idp import LoopbackIdP
+from llmgateway.auth.keys import KEY_PATTERN
+from tests.browser import DESKTOP, NARROW, PHONE, check_page, check_widths, chromium, focused, layout_faults, new_page
+from tests.conftest import GatewayProcess, model_toml, wait_for
+from tests.idp import LoopbackIdP
 
 HELLO = [{"role": "user", "content": "Hello"}]
 DEV_PORTAL = '[portal]\nenabled = true\ndev_login = true\nterms_version = "2026-11"\ncurrency = "EUR"\n'

@@ -6,13 +6,12 @@ import tomllib
 
 import pytest
 
+from llmgateway.auth.saml import map_identity
+from llmgateway.auth.sessions import Sessions
 from llmgateway.config import ConfigError, load_config, parse_config
-from llmgateway.portal import safe_next
+from llmgateway.portal.service import safe_next
 from llmgateway.portal_config import PORTAL_KEYS, SAML_KEYS, SamlConfig
-from llmgateway.saml import map_identity
-from llmgateway.sessions import Sessions
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 SAML = {"idp_metadata_file": "/etc/idp.xml"}
 PORTAL = {"enabled": True, "public_url": "https://llm.example.edu"}

@@ -18,9 +18,9 @@ from jose import jwt
 from lxml import etree
 from saml2 import samlp
 
-from .conftest import ROOT, SESSION_SECRET, GatewayProcess, free_port
-from .idp import LoopbackIdP, Request, expire
-from .portal_helpers import begin_login, post_response, sets_session, stored_users
+from tests.conftest import ROOT, SESSION_SECRET, GatewayProcess, free_port
+from tests.idp import LoopbackIdP, Request, expire
+from tests.portal_helpers import begin_login, post_response, sets_session, stored_users
 
 NS = {"saml": "urn:oasis:names:tc:SAML:2.0:assertion", "samlp": "urn:oasis:names:tc:SAML:2.0:protocol",
       "ds": "http://www.w3.org/2000/09/xmldsig#"}

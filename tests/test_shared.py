@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from llmgateway.auth.keys import make_record
+from llmgateway.cluster.shared import CHANNEL, SharedState
 from llmgateway.config import RedisConfig
-from llmgateway.keys import make_record
-from llmgateway.shared import CHANNEL, SharedState
 from tests.conftest import RedisServer
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from llmgateway.keys import hash_key, make_record
+from llmgateway.auth.keys import hash_key, make_record
 from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import Store, StoreError, open_store
 from llmgateway.store.base import BudgetHold

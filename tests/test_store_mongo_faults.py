@@ -35,13 +35,13 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from llmgateway.keys import make_record
-from llmgateway.ledger import UsageLedger
+from llmgateway.auth.keys import make_record
 from llmgateway.records import AdminToken, AuditEntry, ModelRecord, UsageEvent, UserRecord
 from llmgateway.store import StoreError, open_store
 from llmgateway.store import mongo as mongo_module
 from llmgateway.store.base import BudgetHold
 from llmgateway.store.mongo import ID, QUERIES, Index, MongoStore, declared_indexes
+from llmgateway.usage.ledger import UsageLedger
 from tests.backends import _mongomock_client
 
 MAX_BSON = 16 * 1024 * 1024

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from .conftest import model_toml
+from tests.conftest import model_toml
 
 ASK = b'{"stream_options":{"include_usage":true},'
 MESSAGES = b'[{"role":"user","content":"hi"}]'

@@ -1,0 +1,1 @@
+"""Running it: logging, Prometheus metrics, the APScheduler jobs and process tuning."""
