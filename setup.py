@@ -33,6 +33,9 @@ setup(
         "python-jose>=3.3,<4",
         # The official Prometheus client: metric objects, the scrape-time collector, the exposition.
         "prometheus_client>=0.20,<1",
+        # Settings and admin/portal request bodies are declared once as pydantic types: validation,
+        # error messages, the example config, the README tables and the OpenAPI document follow.
+        "pydantic>=2.7,<3",
         # xmlsec and lxml each bundle libxml2 in their wheels; they must bundle the same version or
         # python3-saml fails with "lxml & xmlsec libxml2 library version mismatch". Both wheels of
         # this pair carry libxml2 2.14.6 (no compiler or -dev packages needed); move them together.
