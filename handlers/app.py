@@ -1,7 +1,9 @@
-"""App assembly: open the store, build the gateway, serve HTTP, run the jobs, shut down cleanly.
+"""App assembly: the routes, and `serve`: open the store, build the gateway, serve HTTP, run the
+jobs, shut down cleanly.
 
-This is the one core module that reaches into the HTTP layer (to mount `handlers`).
-The upstreams' active health checks run as one task of their own (`health_checks`).
+The one place where the core and the web layer meet: the core never imports `handlers`, so the
+`llmgateway` command (`main`) is this module's, handing `serve` to the core's command line.
+The upstreams' active health checks run as one task of their own (`catalog.health_checks`).
 SIGTERM turns new requests away with 503 (`shutdown`: the listener stays open, so nobody waiting
 in the accept queue is reset), lets open streams finish for `server.drain_seconds`, cuts the rest
 (which still records what they produced), closes the listener, then flushes the usage ledger.

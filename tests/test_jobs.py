@@ -19,10 +19,10 @@ from llmgateway.config import parse_config
 from llmgateway.gateway import Gateway
 from llmgateway.limits.admission import spent_in_store
 from llmgateway.limits.rules import period_of
-from llmgateway.ops.scheduler import make_scheduler
+from llmgateway.ops.scheduler import guarded, make_scheduler
 from llmgateway.records import UsageEvent
 from llmgateway.store import Store
-from llmgateway.usage.rollups import guarded, retention, rollups
+from llmgateway.usage.rollups import retention, rollups
 from tests.backends import BACKENDS, open_backend
 
 

@@ -1,6 +1,6 @@
 """A caller and its rights: what `identity.Callers` answers at every door.
 
-Kept apart so that the modules that check credentials (`admin_auth`) and the one that picks the
+Kept apart so that the modules that check credentials (`admin_tokens`) and the one that picks the
 door (`identity`) share it without importing each other.
 """
 

@@ -1,6 +1,6 @@
 """In-process counters: exact limits for one replica, and the fallback when Redis is away.
 
-The same rules as the Redis scripts in `limits_redis`: minute windows are 60 one-second buckets,
+The same rules as the Redis scripts in `redis`: minute windows are 60 one-second buckets,
 budgets are totals per calendar period, concurrency is a set of request ids with a short lease
 that the open call's replica keeps renewing, so a lost settlement cannot hold a slot for long.
 """

@@ -1,4 +1,4 @@
-"""Counters shared by every replica: the same rules as `limits_local`, as Redis scripts.
+"""Counters shared by every replica: the same rules as `local`, as Redis scripts.
 
 Admission is one script call (one round trip): it reads every counter the call touches, and only
 if all limits hold does it apply every reservation, so two replicas can never both take the last

@@ -1,20 +1,46 @@
 """Background jobs on APScheduler, in the gateway's own process and event loop.
 
 Each job runs at most one instance at a time (`max_instances=1`), missed runs are merged
-(`coalesce`), and a failure is logged and the job simply runs again next time (`jobs.guarded`, which
+(`coalesce`), and a failure is logged and the job simply runs again next time (`guarded`, which
 also counts each job's runs, failures and last success for the metrics; the job's label is its id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ..gateway import Gateway
-from ..usage.rollups import guarded, retention, rollups
+from ..usage.rollups import retention, rollups
 from .log import flush_logs
+from .metrics import NoMetrics
+
+log = logging.getLogger("llmgateway.jobs")
+
+
+def guarded(name: str, job: Callable[[], Awaitable[object] | object],
+            metrics: NoMetrics | None = None) -> Callable[[], Awaitable[None]]:
+    """Run `job`, logging (not raising) a failure so the scheduler simply runs it again next time,
+    and count the run for the metrics (runs, failures, last success)."""
+    counted = metrics or NoMetrics()
+
+    async def run() -> None:
+        try:
+            result = job()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("job %s failed; it runs again at its next interval", name)
+            counted.job_ran(name, False)
+            return
+        counted.job_ran(name, True)
+
+    return run
 
 
 def make_scheduler(gateway: Gateway, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:

@@ -1,50 +1,26 @@
-"""The background jobs besides the usage flush: rollups, retention, reconciliation.
+"""Usage rollups and retention, the two jobs that keep the usage tables in shape.
 
-Every replica schedules them. Rollups and retention take a lease in the store first, so one
-replica does the work per run; both are idempotent anyway (rollups replace their rows, retention
-deletes by age), so a lease lost mid-run costs work, never correctness. A failing run is logged
-and the next run tries again.
+Every replica schedules them (`ops.scheduler`); each takes a lease in the store first, so one
+replica does the work per run. Both are idempotent anyway (rollups replace their rows, retention
+deletes by age), so a lease lost mid-run costs work, never correctness.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
 
 from ..config import JobsConfig
 from ..gateway import Gateway
-from ..ops.metrics import NoMetrics
 from ..store import BUCKETS
 
 log = logging.getLogger("llmgateway.jobs")
 
 HOLDER = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 RECENT_BUCKETS = {"hour": 3, "day": 2}
-
-
-def guarded(name: str, job: Callable[[], Awaitable[object] | object],
-            metrics: NoMetrics | None = None) -> Callable[[], Awaitable[None]]:
-    """Run `job`, logging (not raising) a failure so the scheduler simply runs it again next time,
-    and count the run for the metrics (runs, failures, last success)."""
-    counted = metrics or NoMetrics()
-
-    async def run() -> None:
-        try:
-            result = job()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("job %s failed; it runs again at its next interval", name)
-            counted.job_ran(name, False)
-            return
-        counted.job_ran(name, True)
-
-    return run
 
 
 async def rollups(gateway: Gateway, config: JobsConfig, holder: str = HOLDER) -> int:
