@@ -89,7 +89,7 @@ def portal_routes(gateway: Gateway, portal: Portal) -> list[tuple]:
         (r"/portal/api/keys", portal_door.KeysHandler, args),
         (r"/portal/api/keys/([A-Za-z0-9_-]{1,64})", portal_door.KeyHandler, args),
         (r"/portal/api/usage", portal_door.UsageHandler, args),
-        (r"/static/((?:portal|admin|chart)\.(?:css|js)|favicon\.svg)", StaticFileHandler,
+        (r"/static/((?:portal|admin|common)\.(?:css|js)|favicon\.svg)", StaticFileHandler,
          {"path": str(portal_door.STATIC)}),
         (r"/favicon\.ico", portal_door.FaviconHandler, args),
         (r"/admin", AdminPageHandler, args),

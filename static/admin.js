@@ -4,9 +4,8 @@
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const apiBase = new URL(".", window.location.href);
-  const API = "admin/api/v1/";
+  const { $, el, day, number, announce, showError, confirmDialog, copyText } = window.gateway;
+  const api = window.gateway.api("admin/api/v1/", "admin");
   const PAGE = 50;
   const LIMITS = {
     user: ["requests_per_minute", "tokens_per_minute", "concurrent_requests", "cost_per_day", "cost_per_week",
@@ -28,72 +27,9 @@
   let redraw = null;
   const lastList = {};  // the last hash (with its filters and page) of each list, for the "back" links
 
-  // --- talking to the API ------------------------------------------------------------------
-
-  function xsrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
-
-  class ApiError extends Error {
-    constructor(message, status, param, code) {
-      super(message);
-      this.status = status;
-      this.param = param || null;
-      this.code = code || null;
-    }
-  }
-
-  function apiUrl(path, query) {
-    const url = new URL(API + path, apiBase);
-    for (const [name, value] of Object.entries(query || {})) {
-      if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
-    }
-    return url;
-  }
-
-  // Calls the admin API; a refusal becomes an ApiError carrying the server's message and field.
-  async function api(method, path, body, query) {
-    const options = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
-    if (method !== "GET") options.headers["X-XSRFToken"] = xsrfToken();
-    if (body !== undefined) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    let response;
-    try {
-      response = await fetch(apiUrl(path, query), options);
-    } catch (err) {
-      throw new ApiError("The gateway could not be reached. Check your connection and try again.", 0);
-    }
-    let data = null;
-    try {
-      data = await response.json();
-    } catch (err) {
-      data = null;
-    }
-    const error = (data && data.error) || {};
-    if (response.status === 401) {
-      window.location.href = new URL("admin", apiBase).href;
-      throw new ApiError("Your session has ended; taking you to the login.", 401);
-    }
-    if (!response.ok) {
-      throw new ApiError(error.message || `The gateway answered ${response.status}; try again.`, response.status,
-        error.param, error.code);
-    }
-    return data;
-  }
-
   const enc = encodeURIComponent;
 
   // --- small helpers -----------------------------------------------------------------------
-
-  function el(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    if (className) node.className = className;
-    return node;
-  }
 
   function link(text, hash, className) {
     const a = el("a", text, className);
@@ -117,31 +53,14 @@
     return new Date(ts * 1000).toISOString().slice(0, 16).replace("T", " ");
   }
 
-  function day(ts, never) {
-    return ts ? new Date(ts * 1000).toISOString().slice(0, 10) : never || "—";
-  }
-
   function isoDay(date) {
     return date.toISOString().slice(0, 10);
   }
 
-  function number(n) {
-    return Math.round(n || 0).toLocaleString("en-US");
-  }
-
-  // Prices are in the unit the operator names (portal.currency), else plain numbers.
+  // Prices in the unit the operator names, which comes with the portal's profile.
   let currency = "";
   function money(n) {
-    n = n || 0;
-    const text = n.toFixed(n > 0 && n < 0.01 ? 4 : 2);
-    return currency ? `${text} ${currency}` : text;
-  }
-
-  // Says `text` to screen readers (a status region), without moving focus.
-  function announce(text) {
-    const region = $("announce");
-    region.textContent = "";
-    window.setTimeout(() => { region.textContent = text; }, 50);
+    return window.gateway.money(n, currency);
   }
 
   // A button or link whose visible text is short, with the rest of its name for screen readers.
@@ -187,13 +106,6 @@
       else dd.textContent = String(value);
       dl.append(el("dt", term), dd);
     }
-  }
-
-  function showError(message) {
-    const box = $("error");
-    box.textContent = message || "";
-    box.hidden = !message;
-    if (message) box.scrollIntoView({ block: "nearest" });
   }
 
   // An error shown in place: in the scope's .form-error box, with the field it names marked.
@@ -244,32 +156,6 @@
     }
   }
 
-  function confirmDialog(text, okLabel, danger = true) {
-    const dialog = $("confirm");
-    $("confirm-title").textContent = okLabel + "?";
-    $("confirm-text").textContent = text;
-    $("confirm-ok").textContent = okLabel;
-    $("confirm-ok").className = danger ? "danger" : "";
-    dialog.returnValue = "";
-    return new Promise((resolve) => {
-      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
-      dialog.showModal();
-    });
-  }
-
-  async function copyText(node, done) {
-    try {
-      await navigator.clipboard.writeText(node.textContent);
-    } catch (err) {
-      const range = document.createRange();
-      range.selectNodeContents(node);
-      window.getSelection().removeAllRanges();
-      window.getSelection().addRange(range);
-      document.execCommand("copy");
-    }
-    done.textContent = "Copied.";
-  }
-
   // --- routes: #view/arg?filters -----------------------------------------------------------
 
   function parseHash() {
@@ -316,7 +202,7 @@
       else a.removeAttribute("aria-current");
     }
     showError("");
-    if (section !== "keys") hideNewKey();
+    if (section !== "keys") newKey.hide();
     redraw = null;
     if (view === "users" || view === "keys") lastList[view] = window.location.hash || "#" + view;
     $("user-back").href = lastList.users || "#users";
@@ -708,32 +594,14 @@
     go("keys", "", { user: done.record.owner });
   });
 
+  const newKey = window.gateway.newKeyPanel(() => $("keys-title"));
+
+  // The new key with the shared Python example, and whose it is.
   function showNewKey(key, record, model) {
-    const v1 = new URL("v1", apiBase).href;
-    $("new-key-value").textContent = key;
+    newKey.show(key, model);
     $("new-key-owner").textContent = record.owner;
-    $("example-python").textContent =
-      "from openai import OpenAI\n\n" +
-      `client = OpenAI(base_url="${v1}", api_key="${key}")\n` +
-      `reply = client.chat.completions.create(model="${model}", messages=[{"role": "user", "content": "Hello"}])\n` +
-      "print(reply.choices[0].message.content)";
-    $("copied").textContent = "";
-    $("new-key").hidden = false;
     $("new-key-title").focus();
   }
-
-  function hideNewKey() {
-    $("new-key").hidden = true;
-    $("new-key-value").textContent = "";
-    $("example-python").textContent = "";
-    $("copied").textContent = "";
-  }
-
-  $("copy-key").addEventListener("click", () => copyText($("new-key-value"), $("copied")));
-  $("new-key-done").addEventListener("click", () => {
-    hideNewKey();
-    $("keys-title").focus();
-  });
 
   async function loadKey(id, _params, fresh) {
     const [k] = await Promise.all([api("GET", "keys/" + enc(id)), refreshModels()]);
@@ -1030,7 +898,7 @@
       return tile;
     }));
     for (const by of ["day", "model", "user", "key"]) {
-      $("csv-" + by).href = apiUrl("usage", { ...filters, since: byDay.since, until: byDay.until, by, format: "csv" })
+      $("csv-" + by).href = api.url("usage", { ...filters, since: byDay.since, until: byDay.until, by, format: "csv" })
         .href;
       $("csv-" + by).setAttribute("download", `usage-by-${by}-${byDay.since}-${byDay.until}.csv`);
     }
@@ -1091,21 +959,15 @@
     const note = $("usage-day-note");
     note.hidden = report.total <= report.rows.length;
     note.textContent = `Only the first ${report.rows.length} of ${report.total} days are drawn; pick a shorter range.`;
-    $("usage-day-legend").replaceChildren(...PARTS.map((part) => {
-      const item = el("span", null, "legend-item");
-      item.append(window.gatewayChart.swatch(part), part.name);
-      return item;
-    }));
+    window.gateway.chart.legend($("usage-day-legend"), PARTS);
     if (!report.rows.length) {
       chart.replaceChildren(el("p", "No usage in this range.", "empty"));
       return;
     }
     const byDay = new Map(report.rows.map((r) => [String(r.group), r]));
     const days = daysBetween(report.since, report.until);
-    const tokens = (r) => (r ? r.prompt_tokens + r.completion_tokens : 0);
-    const busiest = days.reduce((best, d) => (tokens(byDay.get(d)) > tokens(byDay.get(best)) ? d : best), days[0]);
     const t = report.totals || {};
-    window.gatewayChart.draw(chart, {
+    window.gateway.chart.draw(chart, {
       days,
       series: PARTS,
       values: (d) => {
@@ -1117,9 +979,8 @@
         return `${d}: ${number(r.prompt_tokens)} prompt + ${number(r.completion_tokens)} completion tokens, ` +
           `${count(r.requests, "request")}, cost ${money(r.cost)}`;
       },
-      label: `Bar chart of prompt and completion tokens per day, ${report.since} to ${report.until}: ` +
-        `${number(t.prompt_tokens)} prompt and ${number(t.completion_tokens)} completion tokens, most on ${busiest} ` +
-        `(${number(tokens(byDay.get(busiest)))}). The numbers per day are in the table below the chart.`,
+      summary: `Bar chart of prompt and completion tokens per day, ${report.since} to ${report.until}: ` +
+        `${number(t.prompt_tokens)} prompt and ${number(t.completion_tokens)} completion tokens`,
     });
   }
 
@@ -1304,7 +1165,7 @@
     form.elements.name.value = "";
     $("new-token-value").textContent = done.token;
     $("example-token").textContent =
-      `curl -H "Authorization: Bearer ${done.token}" ${apiUrl("users").href}`;
+      `curl -H "Authorization: Bearer ${done.token}" ${api.url("users").href}`;
     $("token-copied").textContent = "";
     $("new-token").hidden = false;
     $("new-token-title").focus();
@@ -1318,10 +1179,7 @@
     $("token-copied").textContent = "";
     $("tokens-title").focus();
   });
-  $("skip").addEventListener("click", (event) => {
-    event.preventDefault();
-    $("main").focus();
-  });
+  window.gateway.wirePage();
 
   // --- start -------------------------------------------------------------------------------
 
@@ -1329,7 +1187,7 @@
   // the development login is on (then every page says so, as the portal's pages do).
   async function portalProfile() {
     try {
-      const response = await fetch(new URL("portal/api/me", apiBase), { credentials: "same-origin" });
+      const response = await fetch(new URL("portal/api/me", window.gateway.base), { credentials: "same-origin" });
       return response.ok ? await response.json() : null;
     } catch (err) {
       return null;
@@ -1337,7 +1195,6 @@
   }
 
   async function start() {
-    $("logout-xsrf").value = xsrfToken();  // logout is a POST with the XSRF token: no other site can log you out
     let profile;
     try {
       [me, profile] = await Promise.all([api("GET", "me"), portalProfile()]);

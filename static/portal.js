@@ -3,80 +3,15 @@
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const apiBase = new URL(".", window.location.href);
+  const { $, el, day, number, announce, showError, confirmDialog } = window.gateway;
+  const api = window.gateway.api("portal/api/", "portal");
+  const newKey = window.gateway.newKeyPanel(() => $("keys-title"));
   let me = null;
   let redrawUsage = null;
 
-  function xsrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
-
-  function showError(message) {
-    const box = $("error");
-    box.textContent = message || "";
-    box.hidden = !message;
-    if (message) box.scrollIntoView({ block: "nearest" });
-  }
-
-  // Calls the portal's JSON API; a refusal becomes an Error carrying the server's message.
-  async function api(method, path, body) {
-    const options = { method, credentials: "same-origin", headers: { "X-XSRFToken": xsrfToken() } };
-    if (body !== undefined) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    let response;
-    try {
-      response = await fetch(new URL("portal/api/" + path, apiBase), options);
-    } catch (err) {
-      throw new Error("The gateway could not be reached. Check your connection and try again.");
-    }
-    let data = null;
-    try {
-      data = await response.json();
-    } catch (err) {
-      data = null;
-    }
-    if (response.status === 401) {
-      window.location.href = new URL("portal", apiBase).href;
-      throw new Error("Your session has ended; taking you to the login.");
-    }
-    if (!response.ok) {
-      const message = data && data.error && data.error.message;
-      throw new Error(message || `The gateway answered ${response.status}; try again.`);
-    }
-    return data;
-  }
-
-  function el(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    if (className) node.className = className;
-    return node;
-  }
-
-  function day(ts) {
-    return ts ? new Date(ts * 1000).toISOString().slice(0, 10) : "—";
-  }
-
-  function number(n) {
-    return Math.round(n).toLocaleString("en-US");
-  }
-
-  // Prices are in the unit the operator names (portal.currency), else plain numbers.
+  // Prices in the unit the operator names, which comes with the profile.
   function money(n) {
-    const digits = n > 0 && n < 0.01 ? 4 : 2;
-    const text = n.toFixed(digits);
-    return me && me.currency ? `${text} ${me.currency}` : text;
-  }
-
-  // Says `text` to screen readers (a status region), without moving focus.
-  function announce(text) {
-    const region = $("announce");
-    region.textContent = "";
-    window.setTimeout(() => { region.textContent = text; }, 50);
+    return window.gateway.money(n, me && me.currency);
   }
 
   // Moves focus to a heading or other element made focusable with tabindex="-1".
@@ -129,8 +64,8 @@
       const row = document.createElement("tr");
       const cells = [
         ["Name", key.name], ["Key", key.prefix + "…"], ["Models", key.models.length ? key.models.join(", ") : "all"],
-        ["Created", day(key.created)], ["Expires", key.expires ? day(key.expires) : "never"],
-        ["Last used", key.last_used ? day(key.last_used) : "never"], ["Status", key.status],
+        ["Created", day(key.created)], ["Expires", day(key.expires, "never")],
+        ["Last used", day(key.last_used, "never")], ["Status", key.status],
       ];
       for (const [label, value] of cells) {
         const style = { Status: "status-" + key.status, Key: "mono", Created: "nowrap", Expires: "nowrap",
@@ -202,57 +137,31 @@
     else focusOn($("keys-title"));
   }
 
+  // The new key with the shared Python example, and a curl one.
   function showNewKey(key, model) {
-    const v1 = new URL("v1", apiBase).href;
-    $("new-key-value").textContent = key;
+    newKey.show(key, model);
     $("example-curl").textContent =
-      `curl ${v1}/chat/completions \\\n` +
+      `curl ${window.gateway.v1}/chat/completions \\\n` +
       `  -H "Authorization: Bearer ${key}" \\\n` +
       `  -H "Content-Type: application/json" \\\n` +
       `  -d '{"model": "${model}", "messages": [{"role": "user", "content": "Hello"}]}'`;
-    $("example-python").textContent =
-      "from openai import OpenAI\n\n" +
-      `client = OpenAI(base_url="${v1}", api_key="${key}")\n` +
-      `reply = client.chat.completions.create(model="${model}", messages=[{"role": "user", "content": "Hello"}])\n` +
-      "print(reply.choices[0].message.content)";
-    $("copied").textContent = "";
-    $("new-key").hidden = false;
     announce("Your new key is shown below its heading: copy it now, it is shown only this once.");
   }
 
-  async function copyKey() {
-    const key = $("new-key-value").textContent;
-    try {
-      await navigator.clipboard.writeText(key);
-    } catch (err) {
-      const range = document.createRange();
-      range.selectNodeContents($("new-key-value"));
-      window.getSelection().removeAllRanges();
-      window.getSelection().addRange(range);
-      document.execCommand("copy");
-    }
-    $("copied").textContent = "Copied.";
-  }
-
-  function confirmRevoke(key) {
-    const dialog = $("confirm");
-    $("confirm-text").textContent =
+  async function confirmRevoke(key) {
+    const question =
       `Revoke the key “${key.name}” (${key.prefix}…)? Programs using it stop working at once. This cannot be undone.`;
-    dialog.returnValue = "";
-    dialog.onclose = async () => {
-      if (dialog.returnValue !== "revoke") return;
-      let revoked = false;
-      try {
-        await api("DELETE", "keys/" + encodeURIComponent(key.id));
-        revoked = true;
-      } catch (err) {
-        showError(err.message);
-      }
-      await loadKeys().catch((err) => showError(err.message));
-      focusOn($("keys-title"));
-      if (revoked) announce(`The key “${key.name}” is revoked.`);
-    };
-    dialog.showModal();
+    if (!(await confirmDialog(question))) return;
+    let revoked = false;
+    try {
+      await api("DELETE", "keys/" + encodeURIComponent(key.id));
+      revoked = true;
+    } catch (err) {
+      showError(err.message);
+    }
+    await loadKeys().catch((err) => showError(err.message));
+    focusOn($("keys-title"));
+    if (revoked) announce(`The key “${key.name}” is revoked.`);
   }
 
   // --- usage -------------------------------------------------------------------------------
@@ -260,19 +169,15 @@
   const PALETTE = ["#1d4ed8", "#047857", "#b45309", "#7e22ce", "#b91c1c", "#0e7490", "#4d7c0f", "#be185d"];
 
   async function loadUsage() {
-    const data = await api("GET", "usage?days=30");
+    const data = await api("GET", "usage", undefined, { days: 30 });
     const models = data.by_model.map((row) => row.model);
     const series = models.map((model, i) => ({
       id: `m${i}`, name: model, color: PALETTE[i % PALETTE.length],
-      pattern: window.gatewayChart.PATTERNS[i % window.gatewayChart.PATTERNS.length],
+      pattern: window.gateway.chart.PATTERNS[i % window.gateway.chart.PATTERNS.length],
     }));
     redrawUsage = () => drawChart(data, series);
     redrawUsage();
-    $("legend").replaceChildren(...series.map((s) => {
-      const item = el("span", null, "legend-item");
-      item.append(window.gatewayChart.swatch(s), s.name);
-      return item;
-    }));
+    window.gateway.chart.legend($("legend"), series);
     for (const head of document.querySelectorAll("#view-usage .cost-head")) {
       head.textContent = me.currency ? `Cost (${me.currency})` : "Cost";
     }
@@ -341,26 +246,22 @@
     for (const row of data.rows) if (byDay.has(row.day)) byDay.get(row.day).push(row);
     const id = new Map(series.map((s) => [s.name, s.id]));
     const tokens = (r) => r.prompt_tokens + r.completion_tokens;
-    const dayTotal = (d) => byDay.get(d).reduce((sum, r) => sum + tokens(r), 0);
-    const busiest = days.reduce((best, d) => (dayTotal(d) > dayTotal(best) ? d : best), days[0]);
     const range = `${days[0]} to ${days[days.length - 1]}`;
     $("usage-range").textContent = `Tokens per day (UTC), by model, ${range}.`;
-    window.gatewayChart.draw(chart, {
+    window.gateway.chart.draw(chart, {
       days,
       series,
       values: (d) => Object.fromEntries(byDay.get(d).map((r) => [id.get(r.model), tokens(r)])),
       tooltip: (d) => `${d}: ` + byDay.get(d).map((r) => `${r.model} ${number(tokens(r))} tokens, ${money(r.cost)}`)
         .join("; "),
-      label: `Bar chart of tokens per day by model, ${range}: ${number(data.totals.prompt_tokens +
-        data.totals.completion_tokens)} tokens in all, most on ${busiest} (${number(dayTotal(busiest))}). ` +
-        "The numbers per day are in the table below the chart.",
+      summary: `Bar chart of tokens per day by model, ${range}: ${number(data.totals.prompt_tokens +
+        data.totals.completion_tokens)} tokens in all`,
     });
   }
 
   // --- start -------------------------------------------------------------------------------
 
   async function start() {
-    $("logout-xsrf").value = xsrfToken();  // logout is a POST with the XSRF token: no other site can log you out
     try {
       me = await api("GET", "me");
     } catch (err) {
@@ -392,19 +293,7 @@
     }
   });
   $("create-form").addEventListener("submit", createKey);
-  $("copy-key").addEventListener("click", copyKey);
-  $("new-key-done").addEventListener("click", () => {
-    $("new-key").hidden = true;
-    $("new-key-value").textContent = "";
-    $("example-curl").textContent = "";
-    $("example-python").textContent = "";
-    $("copied").textContent = "";
-    focusOn($("keys-title"));
-  });
-  $("skip").addEventListener("click", (event) => {
-    event.preventDefault();
-    focusOn($("main"));
-  });
+  window.gateway.wirePage();
   window.addEventListener("hashchange", () => me && route(true));
   window.addEventListener("resize", () => redrawUsage && !$("view-usage").hidden && redrawUsage());
   start();
