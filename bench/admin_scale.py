@@ -884,12 +884,11 @@ def mongo_copy(path: Path, days: int) -> Any:
     source = open_store(f"sqlite:///{path}")
     store = Noting("mongodb://mongomock/llmgateway", client=mongomock_client())
     store.init()
-    for user in source.list_users():
+    for user in source.find_users(limit=None)[0]:  # type: ignore[arg-type]
         store.upsert_user(user)
     for key in source.list_keys():
         store.insert_key(key)
-    events = source.usage_events()
-    store.insert_usage(events)
+    store.insert_usage(source.find_usage(limit=None)[0])  # type: ignore[arg-type]
     for entry in reversed(source.find_audit(limit=None)[0]):  # type: ignore[arg-type]
         store.insert_audit(entry)
     since = time.time() - (days + 1) * 86400

@@ -23,6 +23,7 @@ from llmgateway.ops.scheduler import guarded, make_scheduler
 from llmgateway.records import UsageEvent
 from llmgateway.store import Store
 from llmgateway.usage.rollups import retention, rollups
+from tests import store_inspect
 from tests.backends import BACKENDS, open_backend
 
 
@@ -88,7 +89,7 @@ def test_one_replica_rolls_up_per_run_and_the_rows_equal_the_raw_events(store: S
         assert await rollups(gateway, config, holder="replica-b") == 0, "the lease holds the other replica off"
         assert await rollups(gateway, config, holder="replica-a") > 0, "the holder renews and rebuilds"
         for bucket in ("hour", "day"):
-            rows = gateway.store.usage_rollups(bucket, now - 3 * 86400)
+            rows = store_inspect.usage_rollups(gateway.store, bucket, now - 3 * 86400)
             assert sum(r["requests"] for r in rows) == 4
             assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows) == 28
             assert sum(r["cost"] for r in rows) == pytest.approx(2.0)
@@ -101,7 +102,7 @@ def test_retention_drops_only_events_past_the_limit(store: Store, tmp_path: Path
         now = time.time()
         gateway.store.insert_usage([event("old", now - 40 * 86400), event("new", now - 20 * 86400)])
         assert await retention(gateway, gateway.config.jobs, holder="a") == 1
-        assert [e.request_id for e in gateway.store.usage_events()] == ["new"]
+        assert [e.request_id for e in store_inspect.usage_events(gateway.store)] == ["new"]
 
     with_gateway(store, tmp_path, {"jobs": {"retention_days": 31}}, scenario)
 
@@ -110,7 +111,7 @@ def test_retention_zero_keeps_everything(store: Store, tmp_path: Path) -> None:
     async def scenario(gateway: Gateway) -> None:
         gateway.store.insert_usage([event("ancient", 1_000.0)])
         assert await retention(gateway, gateway.config.jobs, holder="a") == 0
-        assert gateway.store.count_usage() == 1
+        assert store_inspect.count_usage(gateway.store) == 1
 
     with_gateway(store, tmp_path, {"jobs": {"retention_days": 0}}, scenario)
 

@@ -23,6 +23,7 @@ from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import Store, StoreError, open_store
 from llmgateway.store.base import BudgetHold
 from llmgateway.store.mongo import INDEX_OPTIONS, MongoStore, declared_indexes
+from tests import store_inspect
 from tests.backends import MONGO, Backend, open_backend
 from tests.conftest import wait_for
 
@@ -148,7 +149,7 @@ def test_a_new_user_without_a_creation_time_gets_now(store: Store) -> None:
 
 def test_users_agreement_limits_and_listing(store: Store) -> None:
     assert store.get_user("nobody") is None
-    assert store.list_users() == []
+    assert store_inspect.list_users(store) == []
     store.upsert_user(UserRecord("cy", created=1.0))
     store.set_agreement("cy", "v1")
     store.set_agreement("cy", "v2")
@@ -157,7 +158,7 @@ def test_users_agreement_limits_and_listing(store: Store) -> None:
     assert created.username == "al" and created.limits == {"requests_per_minute": 5.0} and created.created > 0
     assert store.set_user_limits("al", {}).limits == {}
     store.set_agreement("di", "v1")
-    assert [u.username for u in store.list_users()] == ["al", "cy", "di"]
+    assert [u.username for u in store_inspect.list_users(store)] == ["al", "cy", "di"]
     assert store.get_user("di").agreement_version == "v1"
 
 
@@ -169,8 +170,8 @@ def test_usage_insert_is_idempotent_by_request_id(store: Store) -> None:
     assert store.insert_usage([event("r2"), event("r3")]) == 1
     assert store.insert_usage([event("r3", p=99)]) == 0
     assert store.insert_usage([]) == 0
-    assert store.count_usage() == 3
-    assert store.usage_events() == [event("r1"), event("r2"), event("r3")]
+    assert store_inspect.count_usage(store) == 3
+    assert store_inspect.usage_events(store) == [event("r1"), event("r2"), event("r3")]
 
 
 def cost_hold(counter: str = "user:u:cost_d:d1", amount: int = 400_000, limit: int = 2_000_000,
@@ -215,8 +216,8 @@ def test_budget_holds_never_let_two_processes_take_the_last_of_a_budget(store: S
 
 def test_usage_events_range(store: Store) -> None:
     store.insert_usage([event("a", ts=10.0), event("b", ts=20.0), event("c", ts=30.0)])
-    assert [e.request_id for e in store.usage_events(since=20.0)] == ["b", "c"]
-    assert [e.request_id for e in store.usage_events(since=10.0, until=30.0)] == ["a", "b"]
+    assert [e.request_id for e in store_inspect.usage_events(store, since=20.0)] == ["b", "c"]
+    assert [e.request_id for e in store_inspect.usage_events(store, since=10.0, until=30.0)] == ["a", "b"]
 
 
 def test_usage_summary_groups_filters_and_ranges(store: Store) -> None:
@@ -269,9 +270,9 @@ def test_delete_usage_before(store: Store) -> None:
     store.insert_usage([event("a", ts=10.0), event("b", ts=20.0), event("c", ts=30.0)])
     assert store.delete_usage_before(20.0) == 1
     assert store.delete_usage_before(20.0) == 0
-    assert [e.request_id for e in store.usage_events()] == ["b", "c"]
+    assert [e.request_id for e in store_inspect.usage_events(store)] == ["b", "c"]
     assert store.delete_usage_before(1e12) == 2
-    assert store.count_usage() == 0
+    assert store_inspect.count_usage(store) == 0
 
 
 # Rollups
@@ -308,23 +309,24 @@ def test_rollups_are_the_sums_of_the_raw_events(store: Store, bucket: str) -> No
     store.insert_usage(events)
     expected = expected_rollups(events, bucket)
     assert store.rollup_usage(bucket, BASE, BASE + 2 * DAY) == len(expected)
-    assert store.usage_rollups(bucket) == expected
+    assert store_inspect.usage_rollups(store, bucket) == expected
     # Twice gives the same rows.
     assert store.rollup_usage(bucket, BASE, BASE + 2 * DAY) == len(expected)
-    assert store.usage_rollups(bucket) == expected
+    assert store_inspect.usage_rollups(store, bucket) == expected
     # More events, then a re-run: the rows follow.
     more = mixed_events("b", 10)
     store.insert_usage(more)
     updated = expected_rollups(events + more, bucket)
     assert updated != expected
     store.rollup_usage(bucket, BASE, BASE + 2 * DAY)
-    assert store.usage_rollups(bucket) == updated
+    assert store_inspect.usage_rollups(store, bucket) == updated
     totals = store.usage_summary("user")
-    assert sum(r["requests"] for r in store.usage_rollups(bucket)) == sum(r["requests"] for r in totals) == 70
+    assert sum(r["requests"] for r in store_inspect.usage_rollups(store, bucket)) == \
+        sum(r["requests"] for r in totals) == 70
     # Rows whose events are gone go too.
     store.delete_usage_before(BASE + 2 * DAY)
     assert store.rollup_usage(bucket, BASE, BASE + 2 * DAY) == 0
-    assert store.usage_rollups(bucket) == []
+    assert store_inspect.usage_rollups(store, bucket) == []
 
 
 def test_rollup_touches_only_its_range_and_bucket(store: Store) -> None:
@@ -332,16 +334,16 @@ def test_rollup_touches_only_its_range_and_bucket(store: Store) -> None:
     store.insert_usage(events)
     store.rollup_usage("hour", BASE, BASE + 2 * DAY)
     store.rollup_usage("day", BASE, BASE + 2 * DAY)
-    hours_before = store.usage_rollups("hour")
+    hours_before = store_inspect.usage_rollups(store, "hour")
     store.insert_usage([event("late", ts=BASE + 30 * HOUR + 5), event("early", ts=BASE + 2 * HOUR + 5)])
     # A range starting mid-hour covers the hours that start inside it only.
     written = store.rollup_usage("hour", BASE + 29.5 * HOUR, BASE + 31 * HOUR)
     assert written == len(expected_rollups([e for e in events if 30 * HOUR <= e.ts - BASE < 31 * HOUR], "hour")) + 1
-    after = store.usage_rollups("hour")
+    after = store_inspect.usage_rollups(store, "hour")
     changed = [r for r in after if r not in hours_before]
     assert [(r["start"], r["user"], r["requests"]) for r in changed] == [(BASE + 30 * HOUR, "u", 1)]
     assert len(after) == len(hours_before) + 1
-    assert store.usage_rollups("day") == expected_rollups(events, "day")
+    assert store_inspect.usage_rollups(store, "day") == expected_rollups(events, "day")
 
 
 def test_usage_rollups_filters_and_orders(store: Store) -> None:
@@ -349,16 +351,17 @@ def test_usage_rollups_filters_and_orders(store: Store) -> None:
     store.insert_usage(events)
     store.rollup_usage("hour", BASE, BASE + 2 * DAY)
     hour = expected_rollups(events, "hour")
-    assert store.usage_rollups("hour", since=BASE + DAY) == [r for r in hour if r["start"] >= BASE + DAY]
-    assert store.usage_rollups("hour", until=BASE + HOUR * 5) == [r for r in hour if r["start"] < BASE + HOUR * 5]
-    assert store.usage_rollups("hour", user="u1", key_id="k0", model="m1") == [
+    assert store_inspect.usage_rollups(store, "hour", since=BASE + DAY) == [r for r in hour if r["start"] >= BASE + DAY]
+    assert store_inspect.usage_rollups(store, "hour", until=BASE + HOUR * 5) == \
+        [r for r in hour if r["start"] < BASE + HOUR * 5]
+    assert store_inspect.usage_rollups(store, "hour", user="u1", key_id="k0", model="m1") == [
         r for r in hour if (r["user"], r["key_id"], r["model"]) == ("u1", "k0", "m1")
     ]
-    assert store.usage_rollups("day") == []
+    assert store_inspect.usage_rollups(store, "day") == []
     with pytest.raises(StoreError):
         store.rollup_usage("week", 0, 1)
     with pytest.raises(StoreError):
-        store.usage_rollups("minute")
+        store_inspect.usage_rollups(store, "minute")
 
 
 # Leases and claims

@@ -41,7 +41,9 @@ from llmgateway.store import StoreError, open_store
 from llmgateway.store import mongo as mongo_module
 from llmgateway.store.base import BudgetHold
 from llmgateway.store.mongo import ID, QUERIES, Index, MongoStore, declared_indexes
+from llmgateway.store.mongo import connection as mongo_connection
 from llmgateway.usage.ledger import UsageLedger
+from tests import store_inspect
 from tests.backends import _mongomock_client
 
 MAX_BSON = 16 * 1024 * 1024
@@ -264,7 +266,7 @@ def test_the_ledger_spools_a_batch_the_store_failed_and_replays_it_once(
     assert ledger.failing and len(ledger.spooled_files()) == 1
     assert ledger.flush() == 5
     assert ledger.spooled_files() == [] and not ledger.failing
-    assert sorted(e.request_id for e in store.usage_events()) == [f"r{i}" for i in range(5)]
+    assert sorted(e.request_id for e in store_inspect.usage_events(store)) == [f"r{i}" for i in range(5)]
 
 
 def test_duplicate_request_ids_alone_are_a_replay_not_a_failure(store: MongoStore) -> None:
@@ -315,7 +317,7 @@ def test_a_rollup_upsert_that_loses_a_concurrent_insert_is_retried(store: MongoS
     monkeypatch.setattr(mongomock.Collection, "bulk_write", bulk_write)
     assert store.rollup_usage("day", DAY, 2 * DAY) == 2
     assert not lost
-    assert sorted(r["user"] for r in store.usage_rollups("day")) == ["ann", "bo"]
+    assert sorted(r["user"] for r in store_inspect.usage_rollups(store, "day")) == ["ann", "bo"]
 
 
 def test_a_rebuild_keeps_what_a_concurrent_rebuild_wrote_and_drops_stale_rows(
@@ -334,7 +336,7 @@ def test_a_rebuild_keeps_what_a_concurrent_rebuild_wrote_and_drops_stale_rows(
 
     monkeypatch.setattr(mongomock.Collection, "delete_many", delete_many)
     store.rollup_usage("day", DAY, 2 * DAY)
-    assert [r["user"] for r in store.usage_rollups("day")] == ["ann"]
+    assert [r["user"] for r in store_inspect.usage_rollups(store, "day")] == ["ann"]
 
 
 # --- (c) every query the store runs is served by an index of its table ---------------------
@@ -406,7 +408,7 @@ def sweep(store: MongoStore) -> None:
     store.touch_keys({keys[0].id: 5.0})
     store.upsert_user(UserRecord("cy", "Cy", "cy@example.org"))
     store.get_user("cy")
-    store.list_users()
+    store_inspect.list_users(store)
     store.set_agreement("cy", "1")
     store.set_user_limits("cy", {"tokens_per_day": 5.0})
     store.update_user("cy", {"disabled": True})
@@ -419,13 +421,13 @@ def sweep(store: MongoStore) -> None:
     events = [usage(f"r{i}", ts=DAY * (i % 4) + i, user=("ann", "bo")[i % 2], key_id=f"k{i % 3}",
                     model=("m", "n")[i % 2]) for i in range(12)]
     store.insert_usage(events)
-    store.count_usage()
-    store.usage_events(0.0, 3 * DAY)
+    store_inspect.count_usage(store)
+    store_inspect.usage_events(store, 0.0, 3 * DAY)
     for bucket in ("hour", "day"):
         store.rollup_usage(bucket, 0.0, 4 * DAY)
     for kwargs in ({}, {"user": "ann"}, {"key_id": "k1"}, {"model": "m"}):
         store.usage_summary("user", 0.0, 4 * DAY, **kwargs)
-        store.usage_rollups("day", 0.0, 4 * DAY, **kwargs)
+        store_inspect.usage_rollups(store, "day", 0.0, 4 * DAY, **kwargs)
     store.usage_by_day(0.0, None, user="ann")
     store.usage_by_day(0.0, None, key_id="k1")
     store.usage_by_day(0.0, None)
@@ -470,7 +472,7 @@ def test_every_query_the_store_runs_is_served_by_an_index_of_its_table(
         store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A query shape the table lacks, or an index that does not serve the query it is hinted to
     (a scan, or a sort stage in memory), fails here. Deep offsets go through `_seek` too."""
-    monkeypatch.setattr(mongo_module, "DEEP_OFFSET", 0)
+    monkeypatch.setattr(mongo_connection, "DEEP_OFFSET", 0)
     recording = RecordingDatabase(store.db)
     store.db = recording  # type: ignore[assignment]
     sweep(store)
@@ -513,7 +515,7 @@ def test_the_checker_rejects_a_scan_and_a_sort_in_memory() -> None:
 def test_a_deep_offset_reads_the_same_page_as_skipping(store: MongoStore, monkeypatch: pytest.MonkeyPatch,
                                                         deep: int) -> None:
     """Ties on the first sort field straddle the offsets; `_seek` must land where skip() lands."""
-    monkeypatch.setattr(mongo_module, "DEEP_OFFSET", deep)
+    monkeypatch.setattr(mongo_connection, "DEEP_OFFSET", deep)
     for i in range(9):
         _, record = make_record(("ann", "bo")[i % 2], f"n{i}")
         record.created = float(i // 3)

@@ -1,4 +1,4 @@
-"""Store backends behind one small interface, chosen by URL."""
+"""Store backends behind one interface in parts by concern (see base), chosen by URL."""
 
 from __future__ import annotations
 
