@@ -13,13 +13,13 @@ from typing import Any
 from llmgateway.records import UsageEvent, UserRecord
 from llmgateway.store import BUCKETS, RollupRow, Store, StoreError
 from llmgateway.store.mongo import QUERIES, MongoStore
-from llmgateway.store.mongo.keys_people import _user as mongo_user
-from llmgateway.store.mongo.usage import _event as mongo_event
+from llmgateway.store.mongo.keys_people import user_from_document as mongo_user
+from llmgateway.store.mongo.usage import event_from_document as mongo_event
 from llmgateway.store.sqlite import SQLiteStore
 from llmgateway.store.sqlite.keys_people import USER_COLUMNS
-from llmgateway.store.sqlite.keys_people import _user as sqlite_user
+from llmgateway.store.sqlite.keys_people import user_from_row as sqlite_user
 from llmgateway.store.sqlite.usage import ROLLUP_COLUMNS, USAGE_COLUMNS
-from llmgateway.store.sqlite.usage import _event as sqlite_event
+from llmgateway.store.sqlite.usage import event_from_row as sqlite_event
 
 
 def list_users(store: Store) -> list[UserRecord]:

@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from ..base import BUCKETS, StoreError
 from .admin_audit import MongoAdminAndAudit
-from .connection import _mapped
+from .connection import mapped_errors
 from .keys_people import MongoKeysAndPeople
 from .leases_claims import MongoLeasesAndClaims
 from .schema import ID, INDEX_OPTIONS, QUERIES, SUPERSEDED, Index, declared_indexes
@@ -40,7 +40,7 @@ class MongoStore(MongoKeysAndPeople, MongoUsage, MongoAdminAndAudit, MongoLeases
     with mongomock) supply the client; the store then leaves closing it to that caller.
     """
 
-    @_mapped
+    @mapped_errors
     def init(self) -> None:
         self._ensure_indexes()
         if self._one("daily_users.by_start", {}, {"_id": True}) is None:
@@ -93,7 +93,7 @@ class MongoStore(MongoKeysAndPeople, MongoUsage, MongoAdminAndAudit, MongoLeases
             if keys in existing:
                 self.db[collection].drop_index(list(keys))
 
-    @_mapped
+    @mapped_errors
     def ping(self) -> None:
         self.db.command("ping")
 

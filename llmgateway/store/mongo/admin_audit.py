@@ -11,7 +11,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from ...records import AdminToken, AuditEntry, ModelRecord
-from .connection import MongoConnection, _mapped, _span
+from .connection import MongoConnection, mapped_errors, time_span
 
 TOKEN_FIELDS = tuple(f.name for f in fields(AdminToken) if f.name != "id")
 AUDIT_FIELDS = tuple(f.name for f in fields(AuditEntry) if f.name != "id")
@@ -20,16 +20,16 @@ AUDIT_FIELDS = tuple(f.name for f in fields(AuditEntry) if f.name != "id")
 class MongoAdminAndAudit(MongoConnection):
     """The `AdminAndAudit` part of the MongoDB store."""
 
-    @_mapped
+    @mapped_errors
     def list_models(self) -> list[ModelRecord]:
         return [_model(d) for d in self._find("models.by_id", {})]
 
-    @_mapped
+    @mapped_errors
     def get_model(self, model_id: str) -> ModelRecord | None:
         document = self._one("models.by_id", {"_id": model_id})
         return _model(document) if document else None
 
-    @_mapped
+    @mapped_errors
     def insert_model(self, record: ModelRecord) -> bool:
         try:
             self.db.models.insert_one(
@@ -39,43 +39,43 @@ class MongoAdminAndAudit(MongoConnection):
             return False
         return True
 
-    @_mapped
+    @mapped_errors
     def update_model(self, record: ModelRecord) -> bool:
         result = self.db.models.update_one(
             {"_id": record.id}, {"$set": {"settings": record.settings, "updated": record.updated}}
         )
         return result.matched_count == 1
 
-    @_mapped
+    @mapped_errors
     def delete_model(self, model_id: str) -> bool:
         return self.db.models.delete_one({"_id": model_id}).deleted_count == 1
 
-    @_mapped
+    @mapped_errors
     def insert_admin_token(self, token: AdminToken) -> None:
         self.db.admin_tokens.insert_one({"_id": token.id, **{name: getattr(token, name) for name in TOKEN_FIELDS}})
 
-    @_mapped
+    @mapped_errors
     def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
         return _token(self._one("tokens.by_hash", {"hash": token_hash}))
 
-    @_mapped
+    @mapped_errors
     def list_admin_tokens(self) -> list[AdminToken]:
         return [_token(d) for d in self._find("tokens.newest", {})]
 
-    @_mapped
+    @mapped_errors
     def revoke_admin_token(self, token_id: str) -> AdminToken | None:
         return _token(self.db.admin_tokens.find_one_and_update(
             {"_id": token_id}, {"$set": {"active": False}}, return_document=ReturnDocument.AFTER
         ))
 
-    @_mapped
+    @mapped_errors
     def touch_admin_token(self, token_id: str, ts: float) -> None:
         # As touch_keys: a conditional $set rather than $max, which mongomock cannot apply over null.
         self.db.admin_tokens.update_one(
             {"_id": token_id, "$or": [{"last_used": None}, {"last_used": {"$lt": ts}}]}, {"$set": {"last_used": ts}}
         )
 
-    @_mapped
+    @mapped_errors
     def insert_audit(self, entry: AuditEntry) -> AuditEntry:
         # An ObjectId increases with time (seconds first, then a per-process counter), so newest
         # first is ts then _id descending.
@@ -83,11 +83,11 @@ class MongoAdminAndAudit(MongoConnection):
         self.db.audit_log.insert_one({"_id": entry_id, **{name: getattr(entry, name) for name in AUDIT_FIELDS}})
         return replace(entry, id=str(entry_id))
 
-    @_mapped
+    @mapped_errors
     def find_audit(self, actor: str | None = None, action: str | None = None, target: str | None = None,
                    via: str | None = None, since: float = 0.0, until: float | None = None, offset: int = 0,
                    limit: int = 50) -> tuple[list[AuditEntry], int]:
-        query = _span("ts", since, until)
+        query = time_span("ts", since, until)
         for name, value in (("actor", actor), ("target", target), ("via", via)):
             if value is not None:
                 query[name] = value

@@ -52,7 +52,7 @@ class ChangeRefused(ValueError):
     """An admin change names a field that may not change (the contract's ValueError)."""
 
 
-def _mapped(method: Callable[P, R]) -> Callable[P, R]:
+def mapped_errors(method: Callable[P, R]) -> Callable[P, R]:
     """Turn any failure of `method` into a StoreError whose message carries no credentials.
 
     Not only pymongo's errors: bson raises InvalidDocument (a document over 16 MiB) and
@@ -73,7 +73,7 @@ def _mapped(method: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
-def _retry_once(call: Callable[[], R]) -> R:
+def retry_once(call: Callable[[], R]) -> R:
     """Run an idempotent write that the driver does not retry itself (a multi-document delete),
     again once after a transient failure."""
     try:
@@ -172,15 +172,15 @@ class MongoConnection:
         if boundary is None:
             return None, 0
         (first, direction), rest = order[0], order[1:]
-        ranged = _all_of([query, {first: {"$lte" if direction < 0 else "$gte": boundary[first]}}])
+        ranged = all_of([query, {first: {"$lte" if direction < 0 else "$gte": boundary[first]}}])
         if not rest:
             return ranged, 0
         (second, then), = rest
         before = {first: boundary[first], second: {"$lt" if then > 0 else "$gt": boundary[second]}}
-        return ranged, self._count(shape, _all_of([query, before]))
+        return ranged, self._count(shape, all_of([query, before]))
 
 
-def _match(
+def time_match(
     column: str, since: float, until: float | None, user: str | None = None, key_id: str | None = None,
     model: str | None = None,
 ) -> dict[str, Any]:
@@ -195,12 +195,13 @@ def _match(
     return query
 
 
-def _span(column: str, since: float, until: float | None) -> dict[str, Any]:
-    """As `_match` without filters, but empty for the whole time line, so an unfiltered list counts from metadata."""
-    return _match(column, since, until) if since > 0 or until is not None else {}
+def time_span(column: str, since: float, until: float | None) -> dict[str, Any]:
+    """As `time_match` without filters, but empty for the whole time line (an unfiltered list counts
+    from metadata)."""
+    return time_match(column, since, until) if since > 0 or until is not None else {}
 
 
-def _all_of(terms: list[dict[str, Any]]) -> dict[str, Any]:
+def all_of(terms: list[dict[str, Any]]) -> dict[str, Any]:
     """The conjunction of the non-empty `terms` (empty for none: everything matches)."""
     terms = [term for term in terms if term]
     return {"$and": terms} if len(terms) > 1 else terms[0] if terms else {}

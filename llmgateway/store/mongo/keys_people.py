@@ -11,7 +11,7 @@ from pymongo import ReturnDocument, UpdateOne
 
 from ...records import KeyRecord, UserRecord
 from ..base import KEY_CHANGES, KEY_STATUSES, USER_CHANGES, StoreError
-from .connection import ChangeRefused, MongoConnection, _all_of, _mapped
+from .connection import ChangeRefused, MongoConnection, all_of, mapped_errors
 
 USER_FIELDS = tuple(f.name for f in fields(UserRecord) if f.name != "username")
 # `owner_disabled` is the owner's state, filled in by the gateway: never stored with the key.
@@ -21,18 +21,18 @@ KEY_FIELDS = tuple(f.name for f in fields(KeyRecord) if f.name not in ("id", "ow
 class MongoKeysAndPeople(MongoConnection):
     """The `KeysAndPeople` part of the MongoDB store."""
 
-    @_mapped
+    @mapped_errors
     def insert_key(self, record: KeyRecord) -> None:
         self._ensure_user(record.owner, {})
         document = {name: getattr(record, name) for name in KEY_FIELDS}
         document["_id"] = record.id
         self.db.api_keys.insert_one(document)
 
-    @_mapped
+    @mapped_errors
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         return _key(self._one("keys.by_hash", {"hash": key_hash}))
 
-    @_mapped
+    @mapped_errors
     def list_keys(self, owner: str | None = None, active_only: bool = False) -> list[KeyRecord]:
         query: dict[str, Any] = {}
         if owner is not None:
@@ -41,11 +41,11 @@ class MongoKeysAndPeople(MongoConnection):
             query["active"] = True
         return [_key(d) for d in self._find("keys.all" if owner is None else "keys.of_owner", query)]
 
-    @_mapped
+    @mapped_errors
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         return self._update_key(key_id, {"active": False})
 
-    @_mapped
+    @mapped_errors
     def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
         return self._update_key(key_id, {"limits": limits})
 
@@ -56,7 +56,7 @@ class MongoKeysAndPeople(MongoConnection):
             )
         )
 
-    @_mapped
+    @mapped_errors
     def touch_keys(self, last_used: dict[str, float]) -> None:
         if last_used:
             self.db.api_keys.bulk_write(
@@ -83,27 +83,27 @@ class MongoKeysAndPeople(MongoConnection):
             {"_id": username}, update, upsert=True, return_document=ReturnDocument.AFTER
         )
 
-    @_mapped
+    @mapped_errors
     def upsert_user(self, user: UserRecord) -> UserRecord:
         values: dict[str, Any] = {"display_name": user.display_name, "email": user.email, "is_admin": user.is_admin}
         if user.last_login is not None:
             values["last_login"] = user.last_login
-        return _user(self._ensure_user(user.username, values, user))
+        return user_from_document(self._ensure_user(user.username, values, user))
 
-    @_mapped
+    @mapped_errors
     def get_user(self, username: str) -> UserRecord | None:
         document = self._one("users.by_id", {"_id": username})
-        return _user(document) if document else None
+        return user_from_document(document) if document else None
 
-    @_mapped
+    @mapped_errors
     def set_agreement(self, username: str, version: str) -> None:
         self._ensure_user(username, {"agreement_version": version})
 
-    @_mapped
+    @mapped_errors
     def set_user_limits(self, username: str, limits: dict[str, float]) -> UserRecord:
-        return _user(self._ensure_user(username, {"limits": limits}))
+        return user_from_document(self._ensure_user(username, {"limits": limits}))
 
-    @_mapped
+    @mapped_errors
     def find_users(self, search: str | None = None, admin: bool | None = None, disabled: bool | None = None,
                    offset: int = 0, limit: int = 50) -> tuple[list[UserRecord], int]:
         terms: list[dict[str, Any]] = []
@@ -116,21 +116,21 @@ class MongoKeysAndPeople(MongoConnection):
             terms.append({"is_admin": {"$ne": True}, "admin_granted": {"$ne": True}})
         if disabled is not None:
             terms.append({"disabled": True} if disabled else {"disabled": {"$ne": True}})
-        found, total = self._page("users.page", _all_of(terms), offset, limit)
-        return [_user(d) for d in found], total
+        found, total = self._page("users.page", all_of(terms), offset, limit)
+        return [user_from_document(d) for d in found], total
 
-    @_mapped
+    @mapped_errors
     def update_user(self, username: str, changes: dict[str, Any]) -> UserRecord | None:
         document = self.db.users.find_one_and_update(
             {"_id": username}, {"$set": _changes(changes, USER_CHANGES)}, return_document=ReturnDocument.AFTER
         )
-        return _user(document) if document else None
+        return user_from_document(document) if document else None
 
-    @_mapped
+    @mapped_errors
     def get_key(self, key_id: str) -> KeyRecord | None:
         return _key(self._one("keys.by_id", {"_id": key_id}))
 
-    @_mapped
+    @mapped_errors
     def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
                   search: str | None = None, now: float = 0.0, offset: int = 0,
                   limit: int = 50) -> tuple[list[KeyRecord], int]:
@@ -150,10 +150,10 @@ class MongoKeysAndPeople(MongoConnection):
         if search:
             terms.append(_search(search, ("name", "_id", "prefix")))
         shape = "keys.page" if owner is None else "keys.page_of_owner"
-        found, total = self._page(shape, _all_of(terms), offset, limit)
+        found, total = self._page(shape, all_of(terms), offset, limit)
         return [_key(d) for d in found], total
 
-    @_mapped
+    @mapped_errors
     def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         return self._update_key(key_id, _changes(changes, KEY_CHANGES))
 
@@ -178,5 +178,5 @@ def _key(document: dict[str, Any] | None) -> KeyRecord | None:
     return KeyRecord(id=document["_id"], **{name: document[name] for name in KEY_FIELDS if name in document})
 
 
-def _user(document: dict[str, Any]) -> UserRecord:
+def user_from_document(document: dict[str, Any]) -> UserRecord:
     return UserRecord(username=document["_id"], **{name: document[name] for name in USER_FIELDS if name in document})

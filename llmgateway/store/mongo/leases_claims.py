@@ -12,8 +12,8 @@ from pymongo import ReplaceOne
 from pymongo.errors import DuplicateKeyError
 
 from ..base import HOLD_FIELDS, BudgetHold, StoreError
-from .connection import MongoConnection, _mapped, _retry_once
-from .schema import _events_shape
+from .connection import MongoConnection, mapped_errors, retry_once
+from .schema import events_shape
 
 # Budget holds take a short lock per budget counter (a lease document): MongoDB has no
 # multi-document atomicity without a replica set, and a hold reads many events, then writes.
@@ -24,7 +24,7 @@ HOLD_LOCK_WAIT_SECONDS = 5.0
 class MongoLeasesAndClaims(MongoConnection):
     """The `LeasesAndClaims` part of the MongoDB store."""
 
-    @_mapped
+    @mapped_errors
     def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
         now = time.time()
         return self._take(
@@ -32,7 +32,7 @@ class MongoLeasesAndClaims(MongoConnection):
             {"holder": holder, "until": now + ttl},
         )
 
-    @_mapped
+    @mapped_errors
     def reserve_budgets(self, request_id: str, holds: list[BudgetHold], now: float,
                         expires: float) -> tuple[int, list[int]]:
         locks = sorted({"hold:" + hold.counter for hold in holds})
@@ -80,7 +80,7 @@ class MongoLeasesAndClaims(MongoConnection):
             measure: Any = {"$add": ["$prompt_tokens", "$completion_tokens"]}
         else:
             measure = "$cost"
-        rows = self._aggregate(_events_shape(match), [{"$match": match},
+        rows = self._aggregate(events_shape(match), [{"$match": match},
                                                       {"$group": {"_id": None, "total": {"$sum": measure}}}])
         return round((rows[0]["total"] if rows else 0) * hold.scale)
 
@@ -98,15 +98,15 @@ class MongoLeasesAndClaims(MongoConnection):
                 live.setdefault(d["counter"], {})[d["request_id"]] = d["amount"]
         return live
 
-    @_mapped
+    @mapped_errors
     def release_budgets(self, request_id: str) -> None:
         self.db.budget_holds.delete_many({"request_id": request_id})
 
-    @_mapped
+    @mapped_errors
     def held_budgets(self, now: float) -> dict[str, int]:
         return {counter: sum(held.values()) for counter, held in self._live_holds(now).items()}
 
-    @_mapped
+    @mapped_errors
     def purge_holds(self, now: float) -> int:
         gone = self.db.budget_holds.delete_many({"expires": {"$lte": now}}).deleted_count
         ids = list({d["request_id"] for d in self._find("holds.of_request", {}, {"request_id": True, "_id": False})})
@@ -115,7 +115,7 @@ class MongoLeasesAndClaims(MongoConnection):
             gone += self.db.budget_holds.delete_many({"request_id": {"$in": stored}}).deleted_count
         return gone
 
-    @_mapped
+    @mapped_errors
     def claim_once(self, namespace: str, item_id: str, expires: float) -> bool:
         return self._take(
             self.db.claims, {"_id": _claim_id(namespace, item_id), "expires": {"$lte": time.time()}},
@@ -135,14 +135,14 @@ class MongoLeasesAndClaims(MongoConnection):
             return False
         return True
 
-    @_mapped
+    @mapped_errors
     def is_claimed(self, namespace: str, item_id: str) -> bool:
         live = {"_id": _claim_id(namespace, item_id), "expires": {"$gt": time.time()}}
         return self._one("claims.by_id", live, {"_id": True}) is not None
 
-    @_mapped
+    @mapped_errors
     def purge_claims(self, now: float) -> int:
-        return _retry_once(lambda: self.db.claims.delete_many({"expires": {"$lte": now}})).deleted_count
+        return retry_once(lambda: self.db.claims.delete_many({"expires": {"$lte": now}})).deleted_count
 
 
 def _claim_id(namespace: str, item_id: str) -> str:

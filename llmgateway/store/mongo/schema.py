@@ -155,7 +155,7 @@ def declared_indexes() -> dict[str, list[Index]]:
     return found
 
 
-def _events_shape(match: dict[str, Any]) -> str:
+def events_shape(match: dict[str, Any]) -> str:
     """The query shape of an events `$match`: by its most selective equality (a key, a person, a model)."""
     for field, shape in (("key_id", "events.of_key"), ("user", "events.of_user"), ("model", "events.of_model")):
         if field in match:

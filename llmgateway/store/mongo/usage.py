@@ -14,8 +14,8 @@ from pymongo.errors import BulkWriteError
 
 from ...records import UsageEvent
 from ..base import BUCKETS, GROUPS, REPORT_ORDERS, DailyRow, StoreError, UsageRow, UsageTotals
-from .connection import MongoConnection, _mapped, _match, _retry_once, _span
-from .schema import DAILY_MODEL_KEY, DAILY_USER_KEY, QUERIES, ROLLUP_KEY, _events_shape
+from .connection import MongoConnection, mapped_errors, retry_once, time_match, time_span
+from .schema import DAILY_MODEL_KEY, DAILY_USER_KEY, QUERIES, ROLLUP_KEY, events_shape
 
 DUPLICATE_KEY = 11000
 # Concurrent upserts of one new _id: one of them may lose with a duplicate-key error, and its retry
@@ -41,7 +41,7 @@ SUMS = {
 class MongoUsage(MongoConnection):
     """The `Usage` part of the MongoDB store."""
 
-    @_mapped
+    @mapped_errors
     def insert_usage(self, events: list[UsageEvent]) -> int:
         """Insert the events; a request id already stored is a replay, not a failure.
 
@@ -65,9 +65,9 @@ class MongoUsage(MongoConnection):
     def _sums(self, match: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
         """Group the matching events by `group` (a dict of expressions); one flat dict of keys and sums each."""
         pipeline = [{"$match": match}, {"$group": {"_id": group, **SUMS}}]
-        return [{**row.pop("_id"), **row} for row in self._aggregate(_events_shape(match), pipeline)]
+        return [{**row.pop("_id"), **row} for row in self._aggregate(events_shape(match), pipeline)]
 
-    @_mapped
+    @mapped_errors
     def usage_summary(
         self,
         group_by: str,
@@ -80,28 +80,28 @@ class MongoUsage(MongoConnection):
         if group_by not in GROUPS:
             raise StoreError(f"cannot group usage by {group_by!r}")
         expr = _bucket_start(BUCKETS["day"]) if group_by == "day" else "$" + {"key": "key_id"}.get(group_by, group_by)
-        rows = self._sums(_match("ts", since, until, user, key_id, model), {"group": expr})
+        rows = self._sums(time_match("ts", since, until, user, key_id, model), {"group": expr})
         if group_by == "day":
             for row in rows:
                 row["group"] = _day(row["group"])
         return sorted((UsageRow(**row) for row in rows), key=lambda r: r["group"])
 
-    @_mapped
+    @mapped_errors
     def usage_by_day(
         self, since: float, until: float | None = None, user: str | None = None, key_id: str | None = None
     ) -> list[DailyRow]:
         rows = self._sums(
-            _match("ts", since, until, user, key_id), {"day": _bucket_start(BUCKETS["day"]), "model": "$model"}
+            time_match("ts", since, until, user, key_id), {"day": _bucket_start(BUCKETS["day"]), "model": "$model"}
         )
         for row in rows:
             row["day"] = _day(row["day"])
         return sorted((DailyRow(**row) for row in rows), key=lambda r: (r["day"], r["model"]))
 
-    @_mapped
+    @mapped_errors
     def delete_usage_before(self, ts: float) -> int:
-        return _retry_once(lambda: self.db.usage_events.delete_many({"ts": {"$lt": ts}})).deleted_count
+        return retry_once(lambda: self.db.usage_events.delete_many({"ts": {"$lt": ts}})).deleted_count
 
-    @_mapped
+    @mapped_errors
     def rollup_usage(self, bucket: str, start: float, end: float) -> int:
         """Upsert each rebuilt row, then drop the range's rows that no longer exist: readers never see a gap.
 
@@ -167,9 +167,9 @@ class MongoUsage(MongoConnection):
         for i in range(0, len(updates), WRITE_BATCH):
             _upsert(collection, updates[i:i + WRITE_BATCH])
         stale = {**scope, "start": {"$gte": start, "$lt": end}, "generation": {"$not": {"$gte": generation}}}
-        _retry_once(lambda: collection.delete_many(stale))
+        retry_once(lambda: collection.delete_many(stale))
 
-    @_mapped
+    @mapped_errors
     def usage_report(self, group_by: str, since: float, live_since: float, until: float | None = None,
                      user: str | None = None, key_id: str | None = None, model: str | None = None,
                      order: str = "group", offset: int = 0,
@@ -191,9 +191,9 @@ class MongoUsage(MongoConnection):
         live: dict[Any, dict[str, Any]] = {}
         if until is None or split < until:
             expr = _bucket_start(BUCKETS["day"]) if group_by == "day" else f"${field}"
-            live = {row.pop("group"): row for row in self._sums(_match("ts", split, until, user, key_id, model),
+            live = {row.pop("group"): row for row in self._sums(time_match("ts", split, until, user, key_id, model),
                                                                 {"group": expr})}
-        rolled = _match("start", since, split, user, key_id, model)
+        rolled = time_match("start", since, split, user, key_id, model)
         # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do;
         # by day or model without a person either, the per-model rows (a few per day) do.
         if group_by == "key" or key_id is not None:
@@ -238,16 +238,16 @@ class MongoUsage(MongoConnection):
                 row["group"] = _day(row["group"])
         return page, count, totals
 
-    @_mapped
+    @mapped_errors
     def find_usage(self, user: str | None = None, key_id: str | None = None, since: float = 0.0,
                    until: float | None = None, offset: int = 0, limit: int = 50) -> tuple[list[UsageEvent], int]:
-        query = _span("ts", since, until)
+        query = time_span("ts", since, until)
         for name, value in (("user", user), ("key_id", key_id)):
             if value is not None:
                 query[name] = value
         shape = "events.of_key" if key_id is not None else "events.of_user" if user is not None else "events.newest"
         found, total = self._page(shape, query, offset, limit)
-        return [_event(d) for d in found], total
+        return [event_from_document(d) for d in found], total
 
 
 def _rollups_shape(user: str | None, key_id: str | None) -> str:
@@ -304,5 +304,5 @@ def _report_order(order: str) -> Callable[[UsageRow], tuple]:
     return lambda row: (-row[order], row["group"])  # type: ignore[literal-required]
 
 
-def _event(document: dict[str, Any]) -> UsageEvent:
+def event_from_document(document: dict[str, Any]) -> UsageEvent:
     return UsageEvent(request_id=document.pop("_id"), **document)

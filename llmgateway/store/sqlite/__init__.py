@@ -14,7 +14,7 @@ from .admin_audit import SQLiteAdminAndAudit
 from .keys_people import SQLiteKeysAndPeople
 from .leases_claims import SQLiteLeasesAndClaims
 from .schema import ADDED_COLUMNS, SCHEMA
-from .usage import SQLiteUsage, _rebuild_daily_models, _rebuild_daily_users
+from .usage import SQLiteUsage, rebuild_daily_models, rebuild_daily_users
 
 
 class SQLiteStore(SQLiteKeysAndPeople, SQLiteUsage, SQLiteAdminAndAudit, SQLiteLeasesAndClaims):
@@ -32,10 +32,10 @@ class SQLiteStore(SQLiteKeysAndPeople, SQLiteUsage, SQLiteAdminAndAudit, SQLiteL
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
             # A store written before the per-user daily rollups existed: derive them from the per-key ones.
             if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM usage_daily_users)").fetchone()[0]:
-                _rebuild_daily_users(conn, float("-inf"), float("inf"))
+                rebuild_daily_users(conn, float("-inf"), float("inf"))
             # A store written before the per-model daily rollups existed: derive them from the per-user ones.
             if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM usage_daily_models)").fetchone()[0]:
-                _rebuild_daily_models(conn, float("-inf"), float("inf"))
+                rebuild_daily_models(conn, float("-inf"), float("inf"))
 
     def ping(self) -> None:
         self._run("SELECT 1 FROM api_keys LIMIT 1").fetchall()

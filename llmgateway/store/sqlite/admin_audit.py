@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 from ...records import AdminToken, AuditEntry, ModelRecord
-from .connection import SQLiteConnection, _until
+from .connection import SQLiteConnection, upper_bound
 
 TOKEN_COLUMNS = "id, name, hash, prefix, created_by, created, expires, active, last_used, owner, parent"
 AUDIT_COLUMNS = "id, ts, actor, via, source, action, target, details"
@@ -74,7 +74,7 @@ class SQLiteAdminAndAudit(SQLiteConnection):
     def find_audit(self, actor: str | None = None, action: str | None = None, target: str | None = None,
                    via: str | None = None, since: float = 0.0, until: float | None = None, offset: int = 0,
                    limit: int = 50) -> tuple[list[AuditEntry], int]:
-        where, params = ["ts >= ?", "ts < ?"], [since, _until(until)]
+        where, params = ["ts >= ?", "ts < ?"], [since, upper_bound(until)]
         for column, value in (("actor", actor), ("target", target), ("via", via)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -67,16 +67,16 @@ class SQLiteConnection:
         with self._transaction() as conn:
             rows = conn.execute(
                 f"SELECT {columns} FROM {table} {clause} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*params, _limit(limit), max(offset, 0)],
+                [*params, sql_limit(limit), max(offset, 0)],
             ).fetchall()
             total = conn.execute(f"SELECT count(*) FROM {table} {clause}", params).fetchone()[0]
         return rows, total
 
 
-def _until(until: float | None) -> float:
+def upper_bound(until: float | None) -> float:
     return until if until is not None else float("inf")
 
 
-def _limit(limit: int | None) -> int:
+def sql_limit(limit: int | None) -> int:
     """SQLite's LIMIT for a page size: -1 (no limit) for None, never a negative one by mistake."""
     return -1 if limit is None else max(limit, 0)

@@ -87,7 +87,7 @@ class SQLiteKeysAndPeople(SQLiteConnection):
 
     def get_user(self, username: str) -> UserRecord | None:
         row = self._run(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     def _set_user_field(self, username: str, column: str, value: str) -> None:
         """Set one column of a user, creating the user if missing."""
@@ -117,7 +117,7 @@ class SQLiteKeysAndPeople(SQLiteConnection):
             where.append("disabled = ?")
             params.append(int(disabled))
         rows, total = self._find(USER_COLUMNS, "users", where, params, "username", offset, limit)
-        return [_user(r) for r in rows], total
+        return [user_from_row(r) for r in rows], total
 
     def update_user(self, username: str, changes: dict[str, Any]) -> UserRecord | None:
         values = _changes(changes, USER_CHANGES)
@@ -183,7 +183,7 @@ def _key(row: tuple) -> KeyRecord:
     )
 
 
-def _user(row: tuple) -> UserRecord:
+def user_from_row(row: tuple) -> UserRecord:
     return UserRecord(
         username=row[0], display_name=row[1], email=row[2], is_admin=bool(row[3]), created=row[4],
         last_login=row[5], agreement_version=row[6], limits=json.loads(row[7]), admin_granted=bool(row[8]),

@@ -7,7 +7,7 @@ import time
 
 from ...records import UsageEvent
 from ..base import BUCKETS, GROUPS, REPORT_ORDERS, DailyRow, StoreError, UsageRow, UsageTotals
-from .connection import SQLiteConnection, _limit, _until
+from .connection import SQLiteConnection, sql_limit, upper_bound
 
 USAGE_COLUMNS = (
     "ts, request_id, key_id, user, model, prompt_tokens, completion_tokens, cost, status, "
@@ -121,8 +121,8 @@ class SQLiteUsage(SQLiteConnection):
             )
             written = conn.total_changes - before
             if bucket == "day":
-                _rebuild_daily_users(conn, start, end)
-                _rebuild_daily_models(conn, start, end)
+                rebuild_daily_users(conn, start, end)
+                rebuild_daily_models(conn, start, end)
             return written
 
     def usage_report(self, group_by: str, since: float, live_since: float, until: float | None = None,
@@ -139,7 +139,7 @@ class SQLiteUsage(SQLiteConnection):
             raise StoreError(f"cannot group usage by {group_by!r}")
         if order not in REPORT_ORDERS:
             raise StoreError(f"cannot order usage by {order!r}")
-        end = _until(until)
+        end = upper_bound(until)
         split = min(max(live_since, since), end)  # rollups in [since, split), raw events in [split, end)
         # A key in group or filter needs the per-key rows; without one, the smaller per-user rows do;
         # by day or model without a person either, the per-model rows (a few per day) do.
@@ -170,7 +170,7 @@ class SQLiteUsage(SQLiteConnection):
             rows = conn.execute(
                 f"WITH grouped AS ({grouped}) SELECT g, {SUM_COLUMNS}, {WINDOW_TOTALS} FROM grouped "
                 f"ORDER BY {REPORT_ORDER[order]} LIMIT ? OFFSET ?",
-                [*params, _limit(limit), max(offset, 0)],
+                [*params, sql_limit(limit), max(offset, 0)],
             ).fetchall()
             summary = rows[0][6:] if rows else conn.execute(f"SELECT {TOTALS} FROM ({grouped})", params).fetchone()
         day = group_by == "day"
@@ -187,16 +187,16 @@ class SQLiteUsage(SQLiteConnection):
                    until: float | None = None, offset: int = 0, limit: int = 50) -> tuple[list[UsageEvent], int]:
         where, params = _filters("ts", since, until, user, key_id, None)
         rows, total = self._find(USAGE_COLUMNS, "usage_events", [where], params, "ts DESC, request_id", offset, limit)
-        return [_event(r) for r in rows], total
+        return [event_from_row(r) for r in rows], total
 
 
-def _rebuild_daily_users(conn: sqlite3.Connection, start: float, end: float) -> None:
+def rebuild_daily_users(conn: sqlite3.Connection, start: float, end: float) -> None:
     """The per-user daily rows starting in [start, end), from the per-key day rows (fewer to read
     than the raw events)."""
     _resum(conn, "usage_daily_users", "user, model", "usage_rollups", "bucket = 'day' AND", start, end)
 
 
-def _rebuild_daily_models(conn: sqlite3.Connection, start: float, end: float) -> None:
+def rebuild_daily_models(conn: sqlite3.Connection, start: float, end: float) -> None:
     """The per-model daily rows starting in [start, end), from the per-user daily rows (rebuild those first)."""
     _resum(conn, "usage_daily_models", "model", "usage_daily_users", "", start, end)
 
@@ -226,7 +226,7 @@ def _filters(
     column: str, since: float, until: float | None, user: str | None, key_id: str | None, model: str | None
 ) -> tuple[str, list]:
     """The WHERE clause for a [since, until) range on `column` plus the optional equality filters."""
-    where, params = [f"{column} >= ?", f"{column} < ?"], [since, _until(until)]
+    where, params = [f"{column} >= ?", f"{column} < ?"], [since, upper_bound(until)]
     for name, value in (("user", user), ("key_id", key_id), ("model", model)):
         if value is not None:
             where.append(f"{name} = ?")
@@ -234,5 +234,5 @@ def _filters(
     return " AND ".join(where), params
 
 
-def _event(row: tuple) -> UsageEvent:
+def event_from_row(row: tuple) -> UsageEvent:
     return UsageEvent(*row[:10], streamed=bool(row[10]), estimated=bool(row[11]), endpoint=row[12])
