@@ -133,7 +133,7 @@ class Portal:
     # --- terms and profile ----------------------------------------------------------------
 
     def models_for(self, user: UserRecord) -> list[str]:
-        """The models a person may choose for a key: every active configured model."""
+        """The models a person may choose for a key: every active routed model (see `visible_models`)."""
         return visible_models(self.gateway)
 
     def profile(self, user: UserRecord) -> dict[str, Any]:
