@@ -9,7 +9,6 @@ carry the XSRF token (`X-XSRFToken`). The bootstrap token reaches only the route
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from tornado.web import HTTPError, RequestHandler
 from llmgateway.admin.service import Admin
 from llmgateway.audit import Actor
 from llmgateway.auth.caller import ADMIN, Caller
+from llmgateway.auth.key_service import routed_models
 from llmgateway.auth.sessions import SESSION_COOKIE
 from llmgateway.errors import GatewayError, bad_request
 from llmgateway.gateway import Gateway
@@ -41,6 +41,8 @@ class AdminApiHandler(BodyReader, BaseHandler):
     caller: Caller
     bootstrap_methods: tuple[str, ...] = ()
     """The methods of this route the bootstrap token may call (see `llmgateway.admin_auth`)."""
+    xsrf_refusal = GatewayError(403, "Send the XSRF token (X-XSRFToken header) with changes made through a browser "
+                                "session.", "permission_error", "xsrf_missing")
 
     def initialize(self, gateway: Gateway, admin: Admin, portal: Portal | None) -> None:  # type: ignore[override]
         self.gateway = gateway
@@ -84,15 +86,6 @@ class AdminApiHandler(BodyReader, BaseHandler):
     def body(self) -> Any:
         return load_json(self.request_body())
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HTTPError) and status_code == 403 and "xsrf" in (exc.log_message or "").lower():
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(GatewayError(403, "Send the XSRF token (X-XSRFToken header) with changes made "
-                                               "through a browser session.", "permission_error",
-                                               "xsrf_missing").body()))
-            return
-        super().write_error(status_code, **kwargs)
 
 
 class MeHandler(AdminApiHandler):
@@ -106,7 +99,7 @@ class MeHandler(AdminApiHandler):
 
 class OpenApiHandler(AdminApiHandler):
     def get(self) -> None:
-        self.write_json(spec(self.gateway.config, sorted(self.gateway.router.routes)))
+        self.write_json(spec(self.gateway.config, sorted(routed_models(self.gateway))))
 
 
 class UsersHandler(AdminApiHandler):

@@ -13,7 +13,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from llmgateway.auth.caller import Caller
 from llmgateway.auth.identity import Callers
 from llmgateway.auth.sessions import SESSION_COOKIE
-from llmgateway.errors import GatewayError, error_body
+from llmgateway.errors import CONTENT_TYPE, GatewayError
 from llmgateway.gateway import Gateway
 from llmgateway.portal.service import Portal, Session
 
@@ -21,12 +21,7 @@ from .guard import SMALL_BODY
 
 log = logging.getLogger("llmgateway.handlers")
 
-REASONS = {
-    400: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-}
+UNEXPECTED = "The gateway failed to handle the request."
 
 
 class BaseHandler(RequestHandler):
@@ -57,14 +52,12 @@ class BaseHandler(RequestHandler):
         self.finish(json.dumps(obj))
 
     def send_gateway_error(self, err: GatewayError) -> None:
-        """Answer with `err` unless a response has already started or the client is gone."""
+        """Answer with `err`, caught in the handler, unless a response has already started or the
+        client is gone."""
         if self._headers_written or self.gone:
             return
         self.clear()
-        self.clear_header("Server")
-        for name, value in err.headers.items():
-            self.set_header(name, value)
-        self.write_json(err.body(), err.status)
+        self.answer_error(err)
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """Tornado's own version logs the full URI and request repr; the query string can carry
@@ -79,14 +72,33 @@ class BaseHandler(RequestHandler):
         log.error("uncaught exception in %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
 
     error_codes: dict[int, str] = {}
+    """This door's `code` for the statuses Tornado raises itself (401, 403, ...)."""
+    xsrf_refusal: GatewayError | None = None
+    """What a failed XSRF check answers at this door (None where no XSRF token is asked for)."""
 
-    def error_message(self, status_code: int, exc: BaseException | None) -> str:
-        """What an error Tornado raised itself says to the client (never internals on a 5xx)."""
-        if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
-            return exc.log_message % exc.args if exc.args else exc.log_message
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Whatever ended the request (a raised `GatewayError`, a Tornado `HTTPError`, an unexpected
+        exception) as one error, written as this door writes errors."""
+        self.answer_error(self.error_for(status_code, kwargs.get("exc_info", (None, None, None))[1]))
+
+    def error_for(self, status_code: int, exc: BaseException | None) -> GatewayError:
+        """The one mapping to the error a client sees: a `GatewayError` as raised; a failed XSRF
+        check as this door words it; a 405 naming the methods served (also in Allow); another
+        `HTTPError` with its message; anything else as a 500 telling nothing of the internals."""
+        if isinstance(exc, GatewayError):
+            return exc
+        if isinstance(exc, HTTPError) and status_code == 403 and self.xsrf_refusal is not None \
+                and "xsrf" in (exc.log_message or "").lower():
+            return self.xsrf_refusal
+        if status_code == 405:
+            return self.method_not_allowed()
+        code = self.error_codes.get(status_code)
         if status_code >= 500:
-            return "The gateway failed to handle the request."
-        return self._reason
+            return GatewayError(status_code, UNEXPECTED, "server_error", code)
+        if isinstance(exc, HTTPError) and exc.log_message:
+            return GatewayError(status_code, exc.log_message % exc.args if exc.args else exc.log_message,
+                                "invalid_request_error", code)
+        return GatewayError(status_code, self._reason, "invalid_request_error", code)
 
     def allowed_methods(self) -> str:
         """The methods this handler serves, for a 405's Allow header."""
@@ -97,27 +109,19 @@ class BaseHandler(RequestHandler):
         return GatewayError(405, f"{self.request.method} is not allowed here (allowed: {self.allowed_methods()}).",
                             "invalid_request_error", "method_not_allowed", headers={"Allow": self.allowed_methods()})
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """A `GatewayError` raised from a handler, and errors Tornado raises itself (405,
-        unexpected exceptions), in the OpenAI shape."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GatewayError):
-            self.set_status(exc.status)
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(exc.body()))
-            return
-        if status_code == 405:
-            err = self.method_not_allowed()
-            self.set_header("Allow", err.headers["Allow"])
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(err.body()))
-            return
-        message = self.error_message(status_code, exc)
-        kind = REASONS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error_body(message, kind, self.error_codes.get(status_code))))
+    def answer_error(self, err: GatewayError) -> None:
+        """The error's status and own headers (Allow, Retry-After, ...), then its body as this door
+        writes it (`write_error_body`)."""
+        if self.get_status() != err.status:
+            self.set_status(err.status)
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        self.write_error_body(err)
+
+    def write_error_body(self, err: GatewayError) -> None:
+        """The JSON doors' writer: the OpenAI error object."""
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(err.encoded())
 
 
 @stream_request_body
@@ -285,12 +289,9 @@ class SessionHandler(BaseHandler):
     def message_page(self, status: int, heading: str, message: str, link: str = "", link_text: str = "") -> None:
         self.render_page("message.html", status, heading=heading, message=message, link=link, link_text=link_text)
 
-    def error_message(self, status_code: int, exc: BaseException | None) -> str:
-        if status_code == 403 and isinstance(exc, HTTPError) and "xsrf" in (exc.log_message or "").lower():
-            return "This page is out of date or did not come from this site. Reload it and try again."
-        return super().error_message(status_code, exc)
+    xsrf_refusal = GatewayError(403, "This page is out of date or did not come from this site. Reload it and try "
+                                "again.", "invalid_request_error", "forbidden")
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Pages answer errors with a page; the JSON API (see `JsonHandler`) with a JSON error."""
-        message = self.error_message(status_code, kwargs.get("exc_info", (None, None, None))[1])
-        self.message_page(status_code, f"{status_code} {self._reason}", message, self.path("/portal"), "Back")
+    def write_error_body(self, err: GatewayError) -> None:
+        """The pages' writer: the error as a page (the JSON API, see `JsonHandler`, answers JSON)."""
+        self.message_page(err.status, f"{err.status} {self._reason}", err.message, self.path("/portal"), "Back")

@@ -23,7 +23,6 @@ only when the drain is over.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 from tornado import httputil
 from tornado.web import Application
 
-from llmgateway.errors import GatewayError
+from llmgateway.errors import CONTENT_TYPE, GatewayError
 
 log = logging.getLogger("llmgateway.access")
 
@@ -44,9 +43,10 @@ STILL_SERVED = ("/healthz",)
 
 
 def answer_and_close(conn: httputil.HTTPConnection, err: GatewayError) -> None:
-    """Answer `err` below the application (no handler runs) and close the connection after it."""
-    body = json.dumps(err.body()).encode()
-    headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body)),
+    """Answer `err` below the application (no handler runs), in the body the handlers write too, and
+    close the connection after it."""
+    body = err.encoded()
+    headers = httputil.HTTPHeaders({"Content-Type": CONTENT_TYPE, "Content-Length": str(len(body)),
                                     "Connection": "close", **err.headers})
     reason = httputil.responses.get(err.status, "Error")
     written = conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", err.status, reason), headers, body)

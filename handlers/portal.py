@@ -134,14 +134,11 @@ class JsonHandler(BodyReader, SessionHandler):
             return
         self.check_content_length()
 
-    def fail(self, err: GatewayError) -> None:
-        self.write_json(err.body(), err.status)
-
     def json_body(self) -> Any:
         return load_json(self.request_body())
 
     error_codes = {401: "not_logged_in", 403: "forbidden"}
-    write_error = BaseHandler.write_error
+    write_error_body = BaseHandler.write_error_body
 
     def actor(self) -> Actor:
         assert self.caller is not None
@@ -161,10 +158,7 @@ class TermsHandler(JsonHandler):
 
     async def post(self) -> None:
         assert self.session is not None
-        try:
-            self.write_json(await self.portal.accept_terms(self.session.user, self.json_body(), self.actor()))
-        except GatewayError as err:
-            self.fail(err)
+        self.write_json(await self.portal.accept_terms(self.session.user, self.json_body(), self.actor()))
 
 
 class KeysHandler(JsonHandler):
@@ -176,10 +170,7 @@ class KeysHandler(JsonHandler):
 
     async def post(self) -> None:
         assert self.session is not None
-        try:
-            self.write_json(await self.portal.create_key(self.session.user, self.json_body(), self.actor()), 201)
-        except GatewayError as err:
-            self.fail(err)
+        self.write_json(await self.portal.create_key(self.session.user, self.json_body(), self.actor()), 201)
 
 
 class KeyHandler(JsonHandler):
@@ -187,10 +178,7 @@ class KeyHandler(JsonHandler):
 
     async def delete(self, key_id: str) -> None:
         assert self.session is not None
-        try:
-            self.write_json(await self.portal.revoke_key(self.session.user, key_id, self.actor()))
-        except GatewayError as err:
-            self.fail(err)
+        self.write_json(await self.portal.revoke_key(self.session.user, key_id, self.actor()))
 
 
 class UsageHandler(JsonHandler):
@@ -198,7 +186,4 @@ class UsageHandler(JsonHandler):
 
     async def get(self) -> None:
         assert self.session is not None
-        try:
-            self.write_json(await self.portal.usage(self.session.user, self.get_query_argument("days", None)))
-        except GatewayError as err:
-            self.fail(err)
+        self.write_json(await self.portal.usage(self.session.user, self.get_query_argument("days", None)))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 
+CONTENT_TYPE = "application/json"
+"""The type of every error body, whoever writes it (the handlers, or the guard below them)."""
+
 
 class GatewayError(Exception):
     """A refusal with an HTTP status and an OpenAI error body."""
@@ -32,6 +35,10 @@ class GatewayError(Exception):
     def body(self) -> dict:
         """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
         return error_body(self.message, self.type, self.code, self.param)
+
+    def encoded(self) -> bytes:
+        """The body as sent: the one rendering of an error, for every door that answers JSON."""
+        return json.dumps(self.body()).encode()
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:

@@ -250,13 +250,6 @@ class Gateway:
             return
         await self.in_thread(self.store.purge_holds, time.time())
 
-    async def revoke_key(self, key_id: str) -> KeyRecord | None:
-        """Revoke in the store, then drop the key from every replica's cache (at once through Redis)."""
-        record = await self.in_thread(self.store.revoke_key, key_id)
-        if record is not None:
-            await self.forget_key(record)
-        return record
-
     async def audit(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> None:
         """Record a change in the audit log (in the store pool)."""
         await self.in_thread(audit.record, self.store, actor, action, target, details)

@@ -59,6 +59,8 @@ def test_list_filters_and_revoke(gw) -> None:
         (["keys", "create", "--user", "u", "--name", "n", "--models", "zzz"], "unknown model 'zzz'"),
         (["keys", "create", "--user", " ", "--name", "n"], "user must not be empty"),
         (["keys", "create", "--user", "u", "--name", ""], "name must not be empty"),
+        (["keys", "create", "--user", "u", "--name", "n" * 101], "--name: The name must be at most 100 characters"),
+        (["keys", "create", "--user", "u", "--name", "tab\there"], "without control characters"),
         (["keys", "create", "--user", "u", "--name", "n", "--expires-days", "-1"], "must be greater than 0"),
         (["keys", "create", "--user", "u", "--name", "n", "--expires-days", "soon"], "is not a number"),
         (["keys", "create", "--name", "n"], "--user"),

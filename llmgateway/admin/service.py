@@ -15,21 +15,15 @@ from .. import audit, inputs
 from ..audit import VIAS, Actor
 from ..auth.admin_tokens import admin_exists, make_token, token_view
 from ..auth.caller import BOOTSTRAP, Caller
-from ..auth.keys import make_record
+from ..auth.key_service import KeyService, key_view, routed_models
 from ..errors import bad_request, conflict, not_found
 from ..gateway import Gateway
 from ..inputs import Args, page
 from ..limits.rules import merged
-from ..records import KeyRecord, UserRecord
+from ..records import UserRecord
 from ..store.base import KEY_STATUSES
 from ..usage.reports import UsageReports
 from .models import ModelAdmin
-
-
-def key_view(record: KeyRecord, now: float) -> dict[str, Any]:
-    return {"id": record.id, "owner": record.owner, "name": record.name, "prefix": record.prefix,
-            "models": record.models, "created": record.created, "expires": record.expires,
-            "last_used": record.last_used, "status": record.status(now), "limits": record.limits}
 
 
 class Admin:
@@ -39,6 +33,7 @@ class Admin:
         self.gateway = gateway
         self.store = gateway.store
         self.bootstrap_hash = bootstrap_hash
+        self.keys = KeyService(gateway)
         self.models = ModelAdmin(gateway)
         self.usage = UsageReports(gateway)
 
@@ -118,17 +113,12 @@ class Admin:
             lambda: self.store.find_keys(owner, model, status, search, now, offset, limit))
         return page([key_view(k, now) for k in keys], total, offset, limit)
 
-    async def _key(self, key_id: str) -> KeyRecord:
-        record = await self.gateway.in_thread(self.store.get_key, key_id)
-        if record is None:
-            raise not_found("key", "key_not_found")
-        return record
-
     async def show_key(self, key_id: str) -> dict[str, Any]:
-        return key_view(await self._key(key_id), time.time())
+        return key_view(await self.keys.get(key_id), time.time())
 
     def _models(self) -> list[str]:
-        return list(self.gateway.router.routes)
+        """The models an admin may grant a key: every routed one (see `routed_models`)."""
+        return routed_models(self.gateway)
 
     async def create_key(self, actor: Actor, body: Any) -> dict[str, Any]:
         """A key for a person (created if they never logged in), shown once."""
@@ -140,11 +130,7 @@ class Admin:
         models = inputs.model_list(body.get("models", []), self._models())
         days = inputs.expires_days(body.get("expires_days"))
         limits = inputs.limits(body.get("limits", {}))
-        key, record = make_record(owner, name, models, days)
-        record.limits = limits
-        await self.gateway.in_thread(self.store.insert_key, record)
-        await self.gateway.audit(actor, "key.create", record.id, {"owner": owner, "name": name, "models": models,
-                                                           "expires": record.expires, "limits": limits})
+        key, record = await self.keys.create(actor, owner, name, models, days, limits)
         return {"key": key, "record": key_view(record, time.time())}
 
     async def update_key(self, actor: Actor, key_id: str, body: Any) -> dict[str, Any]:
@@ -160,18 +146,10 @@ class Admin:
             changes["limits"] = inputs.limits(body["limits"])
         if not changes:
             raise bad_request("Send at least one of name, models, expires, limits.")
-        record = await self.gateway.in_thread(self.store.update_key, key_id, changes)
-        if record is None:
-            raise not_found("key", "key_not_found")
-        await self.gateway.forget_key(record)
-        await self.gateway.audit(actor, "key.update", key_id, {"owner": record.owner, "changes": changes})
-        return key_view(record, time.time())
+        return key_view(await self.keys.change(actor, key_id, changes), time.time())
 
     async def revoke_key(self, actor: Actor, key_id: str) -> dict[str, Any]:
-        record = await self.gateway.revoke_key(key_id)
-        if record is None:
-            raise not_found("key", "key_not_found")
-        await self.gateway.audit(actor, "key.revoke", key_id, {"owner": record.owner})
+        record = await self.keys.revoke(actor, key_id)
         return {"record": key_view(record, time.time())}
 
     # --- admin tokens ---------------------------------------------------------------------

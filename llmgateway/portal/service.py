@@ -6,7 +6,6 @@ Handlers pass in what a person sent and get back plain dicts for JSON, or a `Gat
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,14 +15,14 @@ from urllib.parse import urlsplit
 
 from .. import inputs
 from ..audit import Actor
-from ..auth.keys import make_record
+from ..auth.key_service import KeyService, key_view, visible_models
 from ..auth.saml import ASSERTION_NAMESPACE, Assertion, ServiceProvider
 from ..auth.sessions import LOGOUT_NAMESPACE, Sessions, load_secret
 from ..config import ConfigError
 from ..errors import GatewayError, bad_request
 from ..gateway import Gateway
 from ..portal_config import PortalConfig
-from ..records import KeyRecord, UserRecord
+from ..records import UserRecord
 
 DEFAULT_NEXT = "/portal"
 USAGE_DAYS = 30
@@ -65,14 +64,6 @@ def _forbidden(message: str, code: str) -> GatewayError:
     return GatewayError(403, message, "permission_error", code)
 
 
-def _key_view(record: KeyRecord, now: float) -> dict[str, Any]:
-    return {
-        "id": record.id, "name": record.name, "prefix": record.prefix, "models": record.models,
-        "created": record.created, "expires": record.expires, "last_used": record.last_used,
-        "status": record.status(now),
-    }
-
-
 class Portal:
     """One gateway's portal: login (SAML or development), terms, keys and usage for a person."""
 
@@ -83,7 +74,7 @@ class Portal:
         self.sessions = sessions
         self.sp = sp
         self.terms = terms
-        self._create_lock = asyncio.Lock()
+        self.keys = KeyService(gateway)
 
     @classmethod
     def build(cls, gateway: Gateway) -> Portal:
@@ -142,8 +133,8 @@ class Portal:
     # --- terms and profile ----------------------------------------------------------------
 
     def models_for(self, user: UserRecord) -> list[str]:
-        """The models a person may choose for a key: every active configured model."""
-        return [r.model.id for r in self.gateway.router.visible()]
+        """The models a person may choose for a key: every active routed model (see `visible_models`)."""
+        return visible_models(self.gateway)
 
     def profile(self, user: UserRecord) -> dict[str, Any]:
         return {
@@ -181,7 +172,7 @@ class Portal:
     async def list_keys(self, user: UserRecord) -> dict[str, Any]:
         records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username)
         now = time.time()
-        keys = [_key_view(r, now) for r in sorted(records, key=lambda r: r.created, reverse=True)]
+        keys = [key_view(r, now, detail=False) for r in sorted(records, key=lambda r: r.created, reverse=True)]
         return {"keys": keys, "limit": self.config.max_keys_per_user,
                 "active": sum(1 for k in keys if k["status"] == "active")}
 
@@ -191,46 +182,17 @@ class Portal:
                 inputs.expires_days(body.get("expires_days")))
 
     async def create_key(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:
-        """Make a key for `user`: shown once in the answer, only its hash stored.
-
-        The limit is checked before the insert (under a lock, for this process) and again after
-        it: another replica may have inserted at the same moment, and then the new key is revoked
-        unseen and the person asked to retry, so the limit is never exceeded.
-        """
+        """Make a key for `user`: shown once in the answer, only its hash stored; never more than
+        `portal.max_keys_per_user` usable keys at once (the key service's cap)."""
         self._require_terms(user)
         name, models, expires_days = self._parse_new_key(user, body)
-        store = self.gateway.store
-        async with self._create_lock:
-            await self._check_key_limit(user, 0)
-            key, record = make_record(user.username, name, models, expires_days)
-            await self.gateway.in_thread(store.insert_key, record)
-            try:
-                await self._check_key_limit(user, 1)
-            except GatewayError:
-                await self.gateway.in_thread(store.revoke_key, record.id)
-                raise
-        await self.gateway.audit(actor, "key.create", record.id,
-                                 {"owner": record.owner, "name": name, "models": models, "expires": record.expires})
-        return {"key": key, "record": _key_view(record, time.time())}
-
-    async def _check_key_limit(self, user: UserRecord, mine: int) -> None:
-        """409 unless the person's usable keys, less `mine` just made, leave room for one more."""
-        records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username, True)
-        now = time.time()
-        if sum(1 for r in records if r.usable(now)) - mine >= self.config.max_keys_per_user:
-            raise GatewayError(409, f"You already have {self.config.max_keys_per_user} active keys, the most "
-                               "allowed. Revoke one you no longer use to create another.",
-                               "invalid_request_error", "key_limit_reached")
+        key, record = await self.keys.create(actor, user.username, name, models, expires_days,
+                                             cap=self.config.max_keys_per_user)
+        return {"key": key, "record": key_view(record, time.time(), detail=False)}
 
     async def revoke_key(self, user: UserRecord, key_id: str, actor: Actor) -> dict[str, Any]:
-        records = await self.gateway.in_thread(self.gateway.store.list_keys, user.username)
-        if not any(r.id == key_id for r in records):
-            raise GatewayError(404, "No such key among yours.", "invalid_request_error", "key_not_found")
-        record = await self.gateway.revoke_key(key_id)
-        if record is None:
-            raise GatewayError(404, "No such key among yours.", "invalid_request_error", "key_not_found")
-        await self.gateway.audit(actor, "key.revoke", key_id, {"owner": record.owner})
-        return {"record": _key_view(record, time.time())}
+        record = await self.keys.revoke(actor, key_id, owner=user.username)
+        return {"record": key_view(record, time.time(), detail=False)}
 
     # --- usage ----------------------------------------------------------------------------
 
