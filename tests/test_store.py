@@ -111,11 +111,11 @@ def test_key_limits_round_trip(store: Store) -> None:
     record.limits = {"requests_per_minute": 60.0}
     store.insert_key(record)
     assert store.key_by_hash(hash_key(key)).limits == {"requests_per_minute": 60.0}
-    changed = store.set_key_limits(record.id, {"tokens_per_day": 1e6, "cost_per_month": 12.5})
+    changed = store.update_key(record.id, {"limits": {"tokens_per_day": 1e6, "cost_per_month": 12.5}})
     assert changed is not None and changed.limits == {"tokens_per_day": 1e6, "cost_per_month": 12.5}
     assert store.key_by_hash(hash_key(key)).limits == {"tokens_per_day": 1e6, "cost_per_month": 12.5}
-    assert store.set_key_limits(record.id, {}).limits == {}
-    assert store.set_key_limits("key_missing", {"x": 1.0}) is None
+    assert store.update_key(record.id, {"limits": {}}).limits == {}
+    assert store.update_key("key_missing", {"limits": {"x": 1.0}}) is None
 
 
 # Users
@@ -475,7 +475,7 @@ def test_sqlite_init_upgrades_a_database_of_the_first_schema(tmp_path: Path) -> 
     store.init()
     store.init()
     assert store.key_by_hash("h").limits == {}
-    assert store.set_key_limits("key_old", {"rpm": 2.0}).limits == {"rpm": 2.0}
+    assert store.update_key("key_old", {"limits": {"rpm": 2.0}}).limits == {"rpm": 2.0}
     assert store.get_user("old").limits == {}
     assert store.set_user_limits("old", {"rpm": 1.0}).created == 1.0
     assert store.claim_once("ns", "x", time.time() + 5)

@@ -403,7 +403,7 @@ def sweep(store: MongoStore) -> None:
     store.get_key(keys[0].id)
     store.list_keys(owner="ann", active_only=True)
     store.revoke_key(keys[1].id)
-    store.set_key_limits(keys[0].id, {"requests_per_minute": 5.0})
+    store.update_key(keys[0].id, {"limits": {"requests_per_minute": 5.0}})
     store.update_key(keys[0].id, {"name": "renamed"})
     store.touch_keys({keys[0].id: 5.0})
     store.upsert_user(UserRecord("cy", "Cy", "cy@example.org"))

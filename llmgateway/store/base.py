@@ -41,9 +41,6 @@ class KeysAndPeople(Protocol):
     def touch_keys(self, last_used: dict[str, float]) -> None:
         """Record last-use times (batched by the gateway)."""
 
-    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
-        """Replace a key's limit overrides; return the key, or None if no such key."""
-
     def find_keys(self, owner: str | None = None, model: str | None = None, status: str | None = None,
                   search: str | None = None, now: float = 0.0, offset: int = 0,
                   limit: int = 50) -> tuple[list[KeyRecord], int]:

@@ -45,10 +45,6 @@ class MongoKeysAndPeople(MongoConnection):
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         return self._update_key(key_id, {"active": False})
 
-    @mapped_errors
-    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
-        return self._update_key(key_id, {"limits": limits})
-
     def _update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         return _key(
             self.db.api_keys.find_one_and_update(

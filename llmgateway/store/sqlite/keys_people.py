@@ -55,10 +55,6 @@ class SQLiteKeysAndPeople(SQLiteConnection):
         self._run("UPDATE api_keys SET active = 0 WHERE id = ?", (key_id,))
         return self.get_key(key_id)
 
-    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> KeyRecord | None:
-        self._run("UPDATE api_keys SET limits = ? WHERE id = ?", (json.dumps(limits), key_id))
-        return self.get_key(key_id)
-
     def touch_keys(self, last_used: dict[str, float]) -> None:
         with self._transaction() as conn:
             conn.executemany(
