@@ -176,8 +176,6 @@ ExpiresDays = Annotated[float | None, Field(gt=0, le=MAX_EXPIRY_DAYS, allow_inf_
 UnixTime = Annotated[float | None, Field(ge=0, le=1e11, allow_inf_nan=False, description="Unix time in seconds."),
                      Says("{field} must be a Unix time in seconds, or null.")]
 Flag = Annotated[StrictBool, Says("{field} must be true or false.")]
-
-
 LimitValue = Annotated[float, Field(ge=0, le=MAX_LIMIT_VALUE, allow_inf_nan=False, description="0 = no limit.")]
 
 
@@ -193,15 +191,11 @@ def limits(names: tuple[str, ...], title: str) -> Any:
         unknown = next((name for name in value if name not in names), None)
         if unknown is not None:
             return f"{{field}}.{unknown} is not a known limit (known: {known})."
-        bad = next(name for name, n in value.items() if not _is_number(n, 0, MAX_LIMIT_VALUE))
+        bad = next(name for name, n in value.items()
+                   if isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= MAX_LIMIT_VALUE)
         return f"{{field}}.{bad} (0 = no limit) must be a number from 0 to {MAX_LIMIT_VALUE:g}."
 
     return Annotated[table, Says(words)]
-
-
-def _is_number(value: Any, low: float, high: float) -> bool:
-    """What `number` accepts, for choosing which words refuse a value."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
 
 
 UserLimits = limits(LIMIT_NAMES, "UserLimits")

@@ -57,12 +57,16 @@ FirstAdmin = person("owner must name the person who becomes the first admin (1 t
 
 
 class UserChange(Change):
+    """Grant or remove the admin role, disable or enable, replace limit overrides."""
+
     admin: Flag = None
     disabled: Flag = None
     limits: UserLimits = None
 
 
 class KeyCreate(Body):
+    """A key an admin makes for a person (who need not have logged in yet)."""
+
     user: KeyOwner
     name: KeyName
     models: ModelIds = Field(default_factory=list)
@@ -71,6 +75,8 @@ class KeyCreate(Body):
 
 
 class KeyChange(Change):
+    """A key's new name, models, expiry or limits."""
+
     name: KeyName = None
     models: ModelIds = None
     expires: UnixTime = None
