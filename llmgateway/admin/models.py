@@ -18,7 +18,7 @@ from ..errors import GatewayError, conflict, not_found
 from ..gateway import Gateway
 from ..records import ModelRecord
 from ..redact import redact_upstreams
-from .bodies import ModelSettings, model_bodies
+from .bodies import model_bodies
 
 
 class ModelAdmin:
@@ -27,10 +27,6 @@ class ModelAdmin:
         self.store = gateway.store
         self.config = gateway.config
         self.config_ids = {m.id for m in gateway.config.models}
-
-    def _bodies(self) -> tuple[type[ModelSettings], type[ModelSettings]]:
-        """(ModelCreate, ModelChange) for this gateway's settings."""
-        return model_bodies(self.config)
 
     def _health(self, model_id: str) -> dict[str, dict]:
         """The state of each upstream this replica serves the model from, by URL."""
@@ -76,7 +72,7 @@ class ModelAdmin:
                            "change it there.", "model_in_config", "id")
 
     async def create_model(self, actor: Actor, body: Any) -> dict[str, Any]:
-        create, _ = self._bodies()
+        create, _ = model_bodies(self.config)
         settings = create.parse(body).given()
         model_id = settings.pop("id")
         catalog.check_loadable(catalog.to_model_config(model_id, settings, self.config))
@@ -92,7 +88,7 @@ class ModelAdmin:
     async def update_model(self, actor: Actor, model_id: str, body: Any) -> dict[str, Any]:
         self._writable(model_id)
         record = await self._record(model_id)
-        _, change = self._bodies()
+        _, change = model_bodies(self.config)
         settings = catalog.changed_settings(record.settings, change.parse(body).given())
         catalog.check_loadable(catalog.to_model_config(model_id, settings, self.config))
         changed = ModelRecord(model_id, settings, record.created, time.time())
