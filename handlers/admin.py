@@ -24,8 +24,8 @@ from llmgateway.gateway import Gateway
 from llmgateway.jsonbody import load_json
 from llmgateway.portal.service import Portal
 
-from .admin_spec import spec
 from .base import BaseHandler, BodyReader
+from .openapi import spec
 from .portal import PageHandler
 
 log = logging.getLogger("llmgateway.admin")

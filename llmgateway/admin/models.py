@@ -18,6 +18,7 @@ from ..errors import GatewayError, conflict, not_found
 from ..gateway import Gateway
 from ..records import ModelRecord
 from ..redact import redact_upstreams
+from .bodies import model_bodies
 
 
 class ModelAdmin:
@@ -71,8 +72,9 @@ class ModelAdmin:
                            "change it there.", "model_in_config", "id")
 
     async def create_model(self, actor: Actor, body: Any) -> dict[str, Any]:
-        model_id = catalog.check_model_id(body.get("id") if isinstance(body, dict) else None)
-        settings = catalog.check_settings(body, self.config)
+        create, _ = model_bodies(self.config)
+        settings = create.parse(body).given()
+        model_id = settings.pop("id")
         catalog.check_loadable(catalog.to_model_config(model_id, settings, self.config))
         self._writable(model_id)
         now = time.time()
@@ -86,7 +88,8 @@ class ModelAdmin:
     async def update_model(self, actor: Actor, model_id: str, body: Any) -> dict[str, Any]:
         self._writable(model_id)
         record = await self._record(model_id)
-        settings = catalog.check_settings(body, self.config, record.settings)
+        _, change = model_bodies(self.config)
+        settings = catalog.changed_settings(record.settings, change.parse(body).given())
         catalog.check_loadable(catalog.to_model_config(model_id, settings, self.config))
         changed = ModelRecord(model_id, settings, record.created, time.time())
         if not await self.gateway.in_thread(self.store.update_model, changed):

@@ -16,13 +16,15 @@ from ..audit import VIAS, Actor
 from ..auth.admin_tokens import admin_exists, make_token, token_view
 from ..auth.caller import BOOTSTRAP, Caller
 from ..auth.key_service import KeyService, key_view, routed_models
-from ..errors import bad_request, conflict, not_found
+from ..errors import conflict, not_found
+from ..fields import known_models
 from ..gateway import Gateway
 from ..inputs import Args, page
 from ..limits.rules import merged
 from ..records import UserRecord
 from ..store.base import KEY_STATUSES
 from ..usage.reports import UsageReports
+from .bodies import KeyChange, KeyCreate, UserChange, token_create
 from .models import ModelAdmin
 
 
@@ -75,16 +77,8 @@ class Admin:
     async def update_user(self, caller: Caller, username: str, body: Any) -> dict[str, Any]:
         """Grant or remove the admin role, disable or enable, replace limit overrides: all or nothing."""
         actor = caller.actor
-        body = inputs.object_body(body, {"admin", "disabled", "limits"})
-        changes: dict[str, Any] = {}
-        if "admin" in body:
-            changes["admin_granted"] = inputs.boolean(body["admin"], "admin")
-        if "disabled" in body:
-            changes["disabled"] = inputs.boolean(body["disabled"], "disabled")
-        if "limits" in body:
-            changes["limits"] = inputs.limits(body["limits"])
-        if not changes:
-            raise bad_request("Send at least one of admin, disabled, limits.")
+        changes = {"admin_granted" if name == "admin" else name: value
+                   for name, value in UserChange.parse(body).given().items()}
         user = await self._user(username)
         if username == caller.person and (changes.get("admin_granted") is False or changes.get("disabled")):
             raise conflict("You cannot remove your own admin role or disable yourself; ask another admin.",
@@ -122,30 +116,15 @@ class Admin:
 
     async def create_key(self, actor: Actor, body: Any) -> dict[str, Any]:
         """A key for a person (created if they never logged in), shown once."""
-        body = inputs.object_body(body, {"user", "name", "models", "expires_days", "limits"}, ("user", "name"))
-        owner = inputs.text(body["user"], "user").strip()
-        if not owner:
-            raise bad_request("user must name a person.", "user")
-        name = inputs.key_name(body["name"])
-        models = inputs.model_list(body.get("models", []), self._models())
-        days = inputs.expires_days(body.get("expires_days"))
-        limits = inputs.limits(body.get("limits", {}))
-        key, record = await self.keys.create(actor, owner, name, models, days, limits)
+        new = KeyCreate.parse(body)
+        models = known_models(new.models, self._models())
+        key, record = await self.keys.create(actor, new.user, new.name, models, new.expires_days, new.limits)
         return {"key": key, "record": key_view(record, time.time())}
 
     async def update_key(self, actor: Actor, key_id: str, body: Any) -> dict[str, Any]:
-        body = inputs.object_body(body, {"name", "models", "expires", "limits"})
-        changes: dict[str, Any] = {}
-        if "name" in body:
-            changes["name"] = inputs.key_name(body["name"])
-        if "models" in body:
-            changes["models"] = inputs.model_list(body["models"], self._models())
-        if "expires" in body:
-            changes["expires"] = _timestamp(body["expires"], "expires")
-        if "limits" in body:
-            changes["limits"] = inputs.limits(body["limits"])
-        if not changes:
-            raise bad_request("Send at least one of name, models, expires, limits.")
+        changes = KeyChange.parse(body).given()
+        if "models" in changes:
+            changes["models"] = known_models(changes["models"], self._models())
         return key_view(await self.keys.change(actor, key_id, changes), time.time())
 
     async def revoke_key(self, actor: Actor, key_id: str) -> dict[str, Any]:
@@ -167,20 +146,10 @@ class Admin:
         """
         config = self.gateway.config.admin
         bootstrap = caller.may(BOOTSTRAP)
-        required = ("name", "owner") if bootstrap else ("name",)
-        body = inputs.object_body(body, {"name", "expires_days", "owner"}, required)
-        name = inputs.key_name(body["name"])
-        days = body.get("expires_days", config.token_days)
-        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= config.max_token_days:
-            raise bad_request(f"expires_days must be a number of days from 1 to {config.max_token_days:g}.",
-                              "expires_days")
-        if bootstrap:
-            owner = await self._first_admin(caller.actor, inputs.text(body["owner"], "owner").strip())
-        elif "owner" in body:
-            raise bad_request("A token belongs to the admin who makes it; only the bootstrap token names an owner.",
-                              "owner")
-        else:
-            owner = caller.person or ""
+        new = token_create(self.gateway.config).parse(body, ("owner",) if bootstrap else (), {"bootstrap": bootstrap})
+        name = new.name
+        days = config.token_days if new.expires_days is None else new.expires_days
+        owner = await self._first_admin(caller.actor, new.owner) if bootstrap else caller.person or ""
         token, record = make_token(name, caller.actor.name, float(days), owner, caller.token_id, caller.expires)
         await self.gateway.in_thread(self.store.insert_admin_token, record)
         await self.gateway.audit(caller.actor, "token.create", record.id,
@@ -189,9 +158,6 @@ class Admin:
 
     async def _first_admin(self, actor: Actor, username: str) -> str:
         """The bootstrap token's one act: grant the first admin the role (409 once anyone has it)."""
-        if not username or len(username) > 200:
-            raise bad_request("owner must name the person who becomes the first admin (1 to 200 characters).",
-                              "owner")
 
         def grant() -> bool:
             if admin_exists(self.store):
@@ -226,12 +192,3 @@ class Admin:
         entries, total = await self.gateway.in_thread(
             lambda: self.store.find_audit(actor, action, target, via, since, until, offset, limit))
         return page([audit.entry_view(e) for e in entries], total, offset, limit)
-
-
-def _timestamp(value: Any, field: str) -> float | None:
-    """A Unix time in seconds, or null (never)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1e11:
-        raise bad_request(f"{field} must be a Unix time in seconds, or null.", field)
-    return float(value)

@@ -5,28 +5,24 @@ The admin API and UI show it read-only (`source: "config"`) and refuse to add, c
 a model with its id (409). Should the store still hold an API model whose id the config file
 later took, the config file's model is served and the stored one is shown as `shadowed`.
 
-API models are kept in the store with the same settings a `[[models]]` table has, and checked by
-the same parser, so a model behaves the same wherever it was defined. Every replica re-reads
-them every `admin.catalog_refresh_seconds`, and at once when Redis announces a change.
+API models are kept in the store with the same settings a `[[models]]` table has (the admin API's
+bodies declare their types), and checked by the same parser, so a model behaves the same wherever
+it was defined. Every replica re-reads them every `admin.catalog_refresh_seconds`, and at once
+when Redis announces a change.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from .. import inputs
-from ..config import MODEL_KINDS, MODEL_LIMIT_NAMES, Config, ConfigError, ModelConfig, _parse_model, resolve_secret
+from ..config import Config, ConfigError, ModelConfig, _parse_model, resolve_secret
 from ..errors import GatewayError, bad_request
 from ..records import ModelRecord
 from ..redact import redact_url, restore
 from . import destinations
 
-MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
-MAX_UPSTREAMS = 32
-MAX_PRICE = 1_000_000.0
 FIELDS = ("upstreams", "upstream_model", "kind", "api_key_env", "prompt_cost_per_1k", "completion_cost_per_1k",
           "active", "usage_probe", "limits")
 
@@ -42,77 +38,14 @@ def secret_envs(config: Config) -> set[str]:
     return names
 
 
-def check_model_id(value: Any) -> str:
-    if not isinstance(value, str) or not MODEL_ID.fullmatch(value):
-        raise bad_request("id must be 1 to 200 characters: letters, digits and . _ : / @ + - "
-                          "(starting with a letter or digit).", "id")
-    return value
-
-
-def check_settings(body: Any, config: Config, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The stored settings of an API model from a request body (a whole model, or changes to `base`).
-
-    Types are checked strictly here (JSON gives real numbers and booleans); meaning is checked
-    by the config file's own parser in `to_model_config`.
-    """
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    allowed = set(FIELDS) if base is not None else {"id", *FIELDS}
-    for name in body:
-        if name not in allowed:
-            raise bad_request(f"Unknown field {name!r}" + (" (a model's id cannot change)." if name == "id" else "."),
-                              name)
-    settings = dict(base or {})
-    for name, value in body.items():
-        if name != "id":
-            settings[name] = _check_field(name, value, config)
-    if base is not None and "upstreams" in body and "upstreams" in base:
+def changed_settings(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """An API model's stored settings with checked `changes` (`admin.bodies`): upstream URLs sent
+    back as shown, without their credentials, keep the stored ones."""
+    settings = {**base, **changes}
+    if "upstreams" in changes and "upstreams" in base:
         stored = [u["url"] for u in base["upstreams"]]
-        settings["upstreams"] = [{**u, "url": restore(u["url"], stored)} for u in settings["upstreams"]]
+        settings["upstreams"] = [{**u, "url": restore(u["url"], stored)} for u in changes["upstreams"]]
     return settings
-
-
-def _check_field(name: str, value: Any, config: Config) -> Any:
-    if name == "upstreams":
-        return _check_upstreams(value)
-    if name == "upstream_model":
-        if not isinstance(value, str) or len(value) > 200 or any(ord(c) < 0x20 for c in value):
-            raise bad_request(f"{name} must be a string of at most 200 characters.", name)
-        return value
-    if name == "kind":
-        if value not in MODEL_KINDS:
-            raise bad_request(f"kind must be one of {', '.join(MODEL_KINDS)}.", name)
-        return value
-    if name == "api_key_env":
-        allowed = secret_envs(config)
-        if not isinstance(value, str) or (value and value not in allowed):
-            names = ", ".join(sorted(allowed)) or "none: see admin.model_secret_envs"
-            raise bad_request(f"api_key_env must be '' or an environment variable allowed for upstream secrets "
-                              f"({names}).", name)
-        return value
-    if name in ("prompt_cost_per_1k", "completion_cost_per_1k"):
-        return inputs.number(value, name, MAX_PRICE)
-    if name in ("active", "usage_probe"):
-        return inputs.boolean(value, name)
-    return inputs.limits(value, MODEL_LIMIT_NAMES)
-
-
-def _check_upstreams(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not 0 < len(value) <= MAX_UPSTREAMS:
-        raise bad_request(f"upstreams must be a list of 1 to {MAX_UPSTREAMS} URLs or {{url, weight}} objects.",
-                          "upstreams")
-    pool = []
-    for item in value:
-        if isinstance(item, str):
-            item = {"url": item}
-        if not isinstance(item, dict) or set(item) - {"url", "weight"} or not isinstance(item.get("url"), str):
-            raise bad_request("each upstream must be a URL string or an object {url, weight}.", "upstreams")
-        weight = inputs.number(item.get("weight", 1.0), "upstreams", 1e6, "an upstream's weight")
-        if weight <= 0 or len(item["url"]) > 2000:
-            raise bad_request("an upstream's weight must be more than 0 and its URL at most 2000 characters.",
-                              "upstreams")
-        pool.append({"url": item["url"], "weight": weight})
-    return pool
 
 
 def to_model_config(model_id: str, settings: Mapping[str, Any], config: Config) -> ModelConfig:

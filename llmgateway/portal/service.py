@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import inputs
 from ..audit import Actor
 from ..auth.key_service import KeyService, key_view, visible_models
 from ..auth.saml import ASSERTION_NAMESPACE, Assertion, ServiceProvider
 from ..auth.sessions import LOGOUT_NAMESPACE, Sessions, load_secret
 from ..config import ConfigError
 from ..errors import GatewayError, bad_request
+from ..fields import known_models
 from ..gateway import Gateway
 from ..portal_config import PortalConfig
 from ..records import UserRecord
+from .bodies import NewKey, Terms
 
 DEFAULT_NEXT = "/portal"
 USAGE_DAYS = 30
@@ -153,9 +154,7 @@ class Portal:
         }
 
     async def accept_terms(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:
-        version = body.get("version") if isinstance(body, dict) else None
-        if not isinstance(version, str):
-            raise bad_request("Send the version of the terms you accept, as a string.", "version")
+        version = Terms.parse(body).version
         if version != self.config.terms_version:
             raise GatewayError(409, "These terms have changed since the page was loaded; reload and read them again.",
                                "invalid_request_error", "terms_changed", "version")
@@ -177,9 +176,8 @@ class Portal:
                 "active": sum(1 for k in keys if k["status"] == "active")}
 
     def _parse_new_key(self, user: UserRecord, body: Any) -> tuple[str, list[str], float | None]:
-        body = inputs.object_body(body, {"name", "models", "expires_days"})
-        return (inputs.key_name(body.get("name")), inputs.model_list(body.get("models", []), self.models_for(user)),
-                inputs.expires_days(body.get("expires_days")))
+        new = NewKey.parse(body)
+        return new.name, known_models(new.models, self.models_for(user)), new.expires_days
 
     async def create_key(self, user: UserRecord, body: Any, actor: Actor) -> dict[str, Any]:
         """Make a key for `user`: shown once in the answer, only its hash stored; never more than
