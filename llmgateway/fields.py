@@ -201,6 +201,12 @@ def limits(names: tuple[str, ...], title: str) -> Any:
 UserLimits = limits(LIMIT_NAMES, "UserLimits")
 
 
+class KeyNamed(Body):
+    """Only a key's name: for the CLI's `--name`, checked as the portal and the admin API check theirs."""
+
+    name: KeyName
+
+
 def known_models(models: list[str], allowed: Iterable[str]) -> list[str]:
     """A key's models, each one the door offers (`allowed`), sorted and once each."""
     offered = set(allowed)

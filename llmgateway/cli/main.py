@@ -14,10 +14,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from .. import audit, inputs
+from .. import audit
 from ..auth.key_service import KeyBook, configured_or_stored_models, stored_view
 from ..config import LIMIT_NAMES, Config, ConfigError, load_config
 from ..errors import GatewayError
+from ..fields import KeyNamed
 from ..limits.rules import merged
 from ..ops.log import setup_logging
 from ..records import KeyRecord
@@ -52,12 +53,12 @@ def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
 
 
 def _key_name(name: str) -> str:
-    """--name, held to the portal's and the admin API's rule: at most `inputs.MAX_NAME` characters,
+    """--name, held to the portal's and the admin API's rule (`KeyName`): at most 100 characters,
     no control characters. An empty one is refused by `make_record`, in the words the CLI has always used."""
     if not name.strip():
         return name
     try:
-        return inputs.key_name(name)
+        return KeyNamed.parse({"name": name}).name
     except GatewayError as exc:
         raise CliError(f"--name: {exc.message}") from None
 
