@@ -19,10 +19,9 @@ from ..audit import Actor
 from ..auth.keys import make_record
 from ..auth.saml import ASSERTION_NAMESPACE, Assertion, ServiceProvider
 from ..auth.sessions import LOGOUT_NAMESPACE, Sessions, load_secret
-from ..config import ConfigError
+from ..config import ConfigError, PortalConfig
 from ..errors import GatewayError, bad_request
 from ..gateway import Gateway
-from ..portal_config import PortalConfig
 from ..records import KeyRecord, UserRecord
 
 DEFAULT_NEXT = "/portal"
