@@ -12,7 +12,7 @@ A field is a setting when it has help (`setting(...)`); other fields (`PortalCon
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, model_validator
@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 from .types import (
+    Allowed,
     Bool,
     HostList,
     HttpUrl,
@@ -97,6 +98,8 @@ def settings_of(cls: type) -> dict[str, FieldInfo]:
 
 @section
 class ServerConfig:
+    """The public listener: its address, and what it accepts from a client."""
+
     listen: Listen = setting("127.0.0.1:8000", "address to listen on, `host:port` (`[::1]:8000` for IPv6)",
                              env=("LLMGW_LISTEN",))
     max_body_bytes: whole_number(1024) = setting(
@@ -127,6 +130,8 @@ class ServerConfig:
 
 @section
 class UpstreamConfig:
+    """How the gateway calls the model servers."""
+
     max_clients: whole_number(1) = setting(1000, "most concurrent upstream transfers (pycurl handles) per process")
     connect_timeout: Number = setting(
         5.0, "seconds to wait for a TCP connection to an upstream (then fail over to the next)")
@@ -160,6 +165,8 @@ def _check_store_url(value: Any) -> str:
 
 @section
 class StoreConfig:
+    """Where keys, users and usage are kept."""
+
     url: checked(str, _check_store_url, "`sqlite:///path` or `mongodb://...`") = setting(
         "sqlite:///llmgateway.db",
         "where keys and usage live: `sqlite:///relative.db` or `sqlite:////absolute.db` (one file, WAL mode; "
@@ -171,6 +178,8 @@ class StoreConfig:
 
 @section
 class KeysConfig:
+    """The in-process cache of API keys."""
+
     cache_ttl_seconds: Number = setting(
         10.0, "seconds a key lookup is cached in-process; without Redis, a key revoked with the CLI is refused by "
         "a running gateway within this time (with Redis: at once)")
@@ -185,6 +194,8 @@ class KeysConfig:
 
 @section
 class UsageConfig:
+    """How usage events reach the store, and what survives a crash."""
+
     flush_interval_seconds: Number = setting(
         2.0, "how often buffered usage events are written to the store, in seconds")
     spool_dir: Text = setting(
@@ -210,6 +221,8 @@ class UsageConfig:
 
 @section
 class LimitsConfig:
+    """Default limits and how calls reserve against them (see \"Limits and quotas\" in the README)."""
+
     key: limit_table(LIMIT_NAMES) = setting(
         help="defaults for every key; override per key with `llmgateway limits set --key ...`. 0 or absent = no "
         "limit. Windows: the last 60 s; budgets: the UTC day / week (from Monday). Names: see \"Limits and quotas\"",
@@ -238,6 +251,8 @@ def _redis_url(url: str) -> bool:
 
 @section
 class RedisConfig:
+    """Redis, for several replicas."""
+
     url: text_where(_redis_url, "must start with redis://, rediss:// or unix://", '`redis://`, `rediss://`, '
                     '`unix://`, or ""') = setting(
         "", "shared state for several replicas: key cache, revocations, limit counters. Empty = none (limits are "
@@ -257,6 +272,8 @@ class RedisConfig:
 
 @section
 class JobsConfig:
+    """Background jobs: usage rollups and retention."""
+
     rollup_interval_seconds: Interval = setting(
         300.0, "hourly and daily usage rollups are rebuilt this often, in seconds (below 1 counts as 1)")
     retention_days: number_where(
@@ -293,6 +310,8 @@ class MetricsConfig:
 
 @section
 class AdminConfig:
+    """The admin API (/admin/api/v1) and, with the portal enabled, the admin UI (/admin)."""
+
     bootstrap_token_env: Text = setting(
         "LLMGW_ADMIN_TOKEN", "environment variable holding the bootstrap admin token (at least 24 characters; "
         "unset = none). It can do one thing: POST /admin/api/v1/tokens {\"name\", \"owner\"} makes \"owner\" the "
@@ -492,8 +511,11 @@ def _upstream(value: Any) -> Upstream:
 
 @section
 class ModelConfig:
+    """One [[models]] table per model that clients may call."""
+
     id: Text = setting(..., help="what clients send as `model`", shown="llama-3-8b", default_text="required")
-    upstreams: tuple[checked(Upstream, _upstream, "URL or `{url, weight}`"), ...] = setting(
+    upstreams: Annotated[tuple[checked(Upstream, _upstream, "URL or `{url, weight}`"), ...],
+                         Allowed("non-empty list of http(s) URLs or `{url, weight}` tables")] = setting(
         ..., help="base URLs of the upstream servers (the client's /v1/... path is appended), or {url, weight} tables, "
         "e.g. [{ url = \"http://gpu1:8000\", weight = 2 }, \"http://gpu2:8000\"]. Several upstreams share the load "
         "(least outstanding requests first) and a connect error before the first byte fails over to the next",
@@ -511,7 +533,7 @@ class ModelConfig:
         "", "a file holding the upstream's API key (instead of api_key_env)", example="/run/secrets/llama-api-key")
     prompt_cost_per_1k: Number = setting(0.0, "price per 1,000 prompt tokens, for the cost of each request")
     completion_cost_per_1k: Number = setting(0.0, "price per 1,000 completion tokens")
-    active: Bool = setting(True, "false hides the model (404) without deleting it from the file")
+    active: Bool = setting(True, "`false` hides the model (404) without deleting it from the file")
     usage_probe: Bool = setting(
         True, "for chat streams from servers that send no usage and whose tokenizer cannot apply the chat template "
         "(llama-cpp-python): count the prompt exactly with a one-token non-streaming request of the same messages; "
@@ -535,7 +557,8 @@ class ModelConfig:
         10.0, "first back-off of an ejected upstream, doubled on each ejection in a row")
     eject_max_seconds: checked(float | None, lambda v: None if v is None else as_number(v),
                                "number >= eject_seconds") = setting(
-        None, "the longest back-off", shown=300.0, default_text="300 (or `eject_seconds` if larger)")
+        None, "the longest back-off (at least eject_seconds); unset: 300, or eject_seconds if that is larger",
+        shown=300.0, default_text="300 (or `eject_seconds` if larger)")
     failover_on_busy: Bool = setting(
         True, "a 429 or 503 before the first byte tries the next upstream of the pool")
 
