@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from .sections import ENV_OVERRIDES, SECTIONS, Config, ModelConfig, UpstreamConfig, settings_of
+from .sections import ENV_OVERRIDES, SECTIONS, Config, ModelConfig, PortalConfig, UpstreamConfig, settings_of
 from .types import as_bool
 
 
@@ -123,19 +123,21 @@ def _parse_models(raw: Any, upstream: UpstreamConfig) -> tuple[ModelConfig, ...]
     return tuple(parse_model(m, i, upstream) for i, m in enumerate(raw))
 
 
-def _parse_portal(table: dict[str, Any], parts: dict[str, Any]) -> Any:
-    """None unless `portal.enabled`; the development login's public URL is the listen address."""
+def _parse_portal(table: dict[str, Any], parts: dict[str, Any]) -> PortalConfig | None:
+    """None unless `portal.enabled` (the other settings are then not checked, as they are not used);
+    the development login's public URL is the listen address. A bad `enabled` or `dev_login` is
+    refused as any bad setting is."""
     try:
         if not as_bool(table.get("enabled", False)):
             return None
         dev_login = as_bool(table.get("dev_login", False))
     except PydanticCustomError:
-        return _validated(SECTIONS["portal"], table, "portal")
+        return _validated(PortalConfig, table, "portal")
     server = parts["server"]
     if dev_login and not str(table.get("public_url", "")).rstrip("/"):
         host = f"[{server.host}]" if ":" in server.host else server.host
         table = {**table, "public_url": f"http://{host}:{server.port}"}
-    return _validated(SECTIONS["portal"], {**table, "saml": parts["saml"]}, "portal")
+    return _validated(PortalConfig, {**table, "saml": parts["saml"]}, "portal")
 
 
 def _reject_unknown(table: Mapping[str, Any], where: str, cls: type) -> None:
