@@ -34,6 +34,7 @@ class Allowed:
 
 
 def checked(base: Any, check: Callable[[Any], Any], allowed: str) -> Any:
+    """`base`, as `check` makes it from the file's value (or refuses it); `allowed` is for the docs."""
     return Annotated[base, BeforeValidator(check), Allowed(allowed)]
 
 
