@@ -433,7 +433,7 @@ def _optional_bool(value: Any) -> bool | None:
 
 @section
 class PortalConfig:
-    """The self-service portal; present in `Config.portal` only when enabled."""
+    """The self-service portal and its login; off unless enabled (`Config.portal` is None then)."""
 
     enabled: Bool = setting(
         False, "the self-service portal (/portal): people log in, accept the terms of use, create and revoke their "
