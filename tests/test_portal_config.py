@@ -8,9 +8,8 @@ import pytest
 
 from llmgateway.auth.saml import map_identity
 from llmgateway.auth.sessions import Sessions
-from llmgateway.config import ConfigError, load_config, parse_config
+from llmgateway.config import PORTAL_KEYS, SAML_KEYS, ConfigError, SamlConfig, load_config, parse_config
 from llmgateway.portal.service import safe_next
-from llmgateway.portal_config import PORTAL_KEYS, SAML_KEYS, SamlConfig
 from tests.conftest import ROOT
 
 SAML = {"idp_metadata_file": "/etc/idp.xml"}

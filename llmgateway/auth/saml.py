@@ -32,8 +32,7 @@ from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
-from ..config import ConfigError
-from ..portal_config import DIGEST_ALGORITHMS, SIGNATURE_ALGORITHMS, PortalConfig, SamlConfig
+from ..config import DIGEST_ALGORITHMS, SIGNATURE_ALGORITHMS, ConfigError, PortalConfig, SamlConfig
 
 ASSERTION_NAMESPACE = "saml-assertion"
 ACS_PATH = "/saml/acs"

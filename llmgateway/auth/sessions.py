@@ -18,8 +18,7 @@ from typing import Any
 
 from jose import JWTError, jwt
 
-from ..config import ConfigError
-from ..portal_config import PortalConfig
+from ..config import ConfigError, PortalConfig
 
 log = logging.getLogger("llmgateway.sessions")
 

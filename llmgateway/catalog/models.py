@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..config import Config, ConfigError, ModelConfig, _parse_model, resolve_secret
+from ..config import Config, ConfigError, ModelConfig, parse_model, resolve_secret
 from ..errors import GatewayError, bad_request
 from ..records import ModelRecord
 from ..redact import redact_url, restore
@@ -58,7 +58,7 @@ def to_model_config(model_id: str, settings: Mapping[str, Any], config: Config) 
     if "upstreams" in raw:
         raw["upstreams"] = [dict(u) for u in raw["upstreams"]]
     try:
-        model = _parse_model(raw, 0, replace(config.upstream, default_api_key_env=""))
+        model = parse_model(raw, 0, replace(config.upstream, default_api_key_env=""))
     except ConfigError as exc:
         message = str(exc).replace(f"models[0] ({model_id}).", "", 1)
         field = next((f for f in FIELDS if message.startswith(f)), None)

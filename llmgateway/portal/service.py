@@ -17,11 +17,10 @@ from ..audit import Actor
 from ..auth.key_service import KeyService, key_view, visible_models
 from ..auth.saml import ASSERTION_NAMESPACE, Assertion, ServiceProvider
 from ..auth.sessions import LOGOUT_NAMESPACE, Sessions, load_secret
-from ..config import ConfigError
+from ..config import ConfigError, PortalConfig
 from ..errors import GatewayError, bad_request
 from ..fields import known_models
 from ..gateway import Gateway
-from ..portal_config import PortalConfig
 from ..records import UserRecord
 from .bodies import NewKey, Terms
 
