@@ -1,6 +1,6 @@
 """The admin door: the REST API under /admin/api/v1 (with its OpenAPI document) and the admin UI page.
 
-Who is calling comes from the one lookup every door uses (`llmgateway.identity`): an admin
+Who is calling comes from the one lookup every door uses (`llmgateway.auth.identity`): an admin
 bearer token (checked first: a browser never adds one by itself, so no XSRF token is needed), or
 else the session cookie of a person with the admin role, and then every state-changing call must
 carry the XSRF token (`X-XSRFToken`). The bootstrap token reaches only the routes that declare
@@ -40,7 +40,7 @@ class AdminApiHandler(BodyReader, BaseHandler):
     portal: Portal | None
     caller: Caller
     bootstrap_methods: tuple[str, ...] = ()
-    """The methods of this route the bootstrap token may call (see `llmgateway.admin_auth`)."""
+    """The methods of this route the bootstrap token may call (see `llmgateway.auth.admin_tokens`)."""
     xsrf_refusal = GatewayError(403, "Send the XSRF token (X-XSRFToken header) with changes made through a browser "
                                 "session.", "permission_error", "xsrf_missing")
 

@@ -38,7 +38,7 @@ class BaseHandler(RequestHandler):
 
     @property
     def callers(self) -> Callers:
-        """The one answer to "who is calling?" for every door (see `llmgateway.identity`)."""
+        """The one answer to "who is calling?" for every door (see `llmgateway.auth.identity`)."""
         return self.application.settings["callers"]
 
     def check_xsrf_cookie(self) -> None:

@@ -1,7 +1,7 @@
 """The SAML door: SP metadata, login, the assertion consumer service and single logout.
 
 The decisions (is this response valid, who is this person, may they in) are made in
-`llmgateway.saml` and `llmgateway.portal`; these handlers move cookies and redirects.
+`llmgateway.auth.saml` and `llmgateway.portal.service`; these handlers move cookies and redirects.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ request schemas of its OpenAPI document (`handlers/openapi.py`).
 
 What depends on the gateway's settings (how long a token may live, which hosts and secret
 variables a model may name) is part of the declaration too: `token_create` and `model_bodies`
-build it from those settings, and the document is made from the same classes. Which models a key may name is
-checked by the door (`fields.known_models`), as the portal offers fewer than the admin API.
+build it from those settings, and the document is made from the same classes. Which models a
+key may name is checked by the door (`fields.known_models`): the portal offers fewer than the
+admin API.
 """
 
 from __future__ import annotations

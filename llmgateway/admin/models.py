@@ -1,7 +1,7 @@
 """The admin API's model catalog: list, add, change and remove models without a restart.
 
-Config-managed models are read-only here (see `catalog` for the rule). Each upstream is shown
-with its state on this replica (healthy, ejected, half-open: see `routing`). A change is written to
+Config-managed models are read-only here (see `catalog.models` for the rule). Each upstream is shown
+with its state on this replica (healthy, ejected, half-open: see `catalog.routing`). A change is written to
 the store, served by this replica at once, and announced through Redis so every replica serves
 it at once too; without Redis the others pick it up within `admin.catalog_refresh_seconds`.
 """

@@ -1,9 +1,11 @@
 """The admin API's core: people, keys, admin tokens and the audit log.
 
-Handlers pass in the acting admin, the query arguments and the parsed body; this answers with
-plain dicts for JSON or raises a `GatewayError` (400 naming the field, 404, 409). Every input
-is checked before anything is written, and each change is one store write, so a refused or
-failed request leaves nothing half-done. Every change is recorded in the audit log.
+Handlers pass in the acting admin, the query arguments and the JSON body, which is checked here
+against its declaration (`bodies`); this answers with plain dicts for JSON or raises a
+`GatewayError` (400 naming the field, 404, 409). Every input is checked before anything is
+written, and each change is one store write, so a refused or failed request leaves nothing
+half-done. Keys are made, changed and revoked by the key service (`auth.key_service`), as at the
+portal and in the CLI. Every change is recorded in the audit log.
 """
 
 from __future__ import annotations
